@@ -1,0 +1,18 @@
+/*
+** modules.c -- the tables of modules declared in modules.h.
+*/
+#include "modules.h"
+
+const luaL_Reg mt_c_modules[] = {
+  {"_threading", luaopen_mt_threading},
+  {"time", luaopen_mt_time},
+  {NULL, NULL}
+};
+
+/* loaded in this order by mtlua_openlibs; each patches a std library */
+const luaL_Reg mt_patches[] = {
+  {"_mt_os", luaopen_mt_os},
+  {"_mt_io", luaopen_mt_io},
+  {"_mt_coroutine", luaopen_mt_coroutine},
+  {NULL, NULL}
+};

@@ -1,0 +1,215 @@
+/*
+** threads.c -- the universe and its registry of OS threads; the count
+** hook through which a running thread gives up the GIL when asked.
+**
+** The hook costs something on every Lua instruction, so it is only
+** installed once a second OS thread runs Lua (mt_enter_threaded): a
+** single-threaded script runs at plain Lua speed.  Coroutines inherit
+** the hook from the Lua thread that creates them; the resume wrappers
+** give it to those made before threading began (mt_prepare_resume).
+*/
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#include "mt_core.h"
+
+static __thread mt_thread *tls_self;
+
+mt_universe *mt_universe_of(lua_State *L) {
+  return *(mt_universe **)lua_getextraspace(L);
+}
+
+mt_thread *mt_thread_self_in(mt_universe *U) {
+  mt_thread *t = tls_self;
+  if (t != NULL && t->U == U) return t;
+  pthread_t me = pthread_self();
+  for (t = U->threads; t != NULL; t = t->next)
+    if (!t->dead && pthread_equal(t->pthread, me)) return t;
+  return NULL;
+}
+
+void *mt_owner(lua_State *L) {
+  mt_universe *U = mt_universe_of(L);
+  if (U->owner_of != NULL) {
+    void *o = U->owner_of(L);
+    if (o != NULL) return o;
+  }
+  return mt_thread_self_in(U);
+}
+
+mt_thread *mt_self(lua_State *L) {
+  return mt_thread_self_in(mt_universe_of(L));
+}
+
+static void park_init(mt_thread *t) {
+  pthread_condattr_t attr;
+  pthread_mutex_init(&t->park_mutex, NULL);
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&t->park_cond, &attr);
+  pthread_condattr_destroy(&attr);
+}
+
+static void registry_link(mt_universe *U, mt_thread *t) {
+  t->prev = NULL;
+  t->next = U->threads;
+  if (U->threads) U->threads->prev = t;
+  U->threads = t;
+  U->nthreads++;
+}
+
+static void registry_unlink(mt_universe *U, mt_thread *t) {
+  if (t->prev) t->prev->next = t->next;
+  else if (U->threads == t) U->threads = t->next;
+  if (t->next) t->next->prev = t->prev;
+  t->next = t->prev = NULL;
+  U->nthreads--;
+}
+
+mt_thread *mt_thread_alloc(mt_universe *U, lua_State *Lt, int ref) {
+  mt_thread *t = calloc(1, sizeof *t);
+  if (t == NULL) return NULL;
+  t->U = U;
+  t->L = t->running = Lt;
+  t->ref = ref;
+  atomic_init(&t->interrupt, 0);
+  park_init(t);
+  return t;
+}
+
+void mt_thread_link(mt_thread *t) {
+  registry_link(t->U, t);
+}
+
+mt_thread *mt_thread_new(mt_universe *U, lua_State *Lt, int ref) {
+  mt_thread *t = mt_thread_alloc(U, Lt, ref);
+  if (t != NULL) registry_link(U, t);
+  return t;
+}
+
+void mt_thread_bind_self(mt_thread *t) {
+  t->pthread = pthread_self();
+  t->ident = (unsigned long)t->pthread;
+  t->native_id = (long)syscall(SYS_gettid);
+  tls_self = t;
+}
+
+void mt_thread_unregister(mt_thread *t) {
+  if (t->dead) return;
+  t->dead = 1;
+  registry_unlink(t->U, t);
+  if (tls_self == t) tls_self = NULL;
+}
+
+/* Only for a thread no waiter can still name (see mt_wake_one). */
+void mt_thread_free(mt_thread *t) {
+  pthread_mutex_destroy(&t->park_mutex);
+  pthread_cond_destroy(&t->park_cond);
+  free(t);
+}
+
+mt_universe *mt_universe_new(lua_State *L) {
+  mt_universe *U = calloc(1, sizeof *U);
+  if (U == NULL) return NULL;
+  gil_init(&U->gil);
+  U->L = L;
+  U->pid = getpid();
+  *(mt_universe **)lua_getextraspace(L) = U;
+  U->main = mt_thread_new(U, L, -1);
+  U->main->is_main = 1;
+  mt_thread_bind_self(U->main);
+  gil_acquire(&U->gil, U->main);
+  return U;
+}
+
+/* ------------------------------------------------------------- the hook */
+
+static void set_normal_hook(mt_universe *U, lua_State *L);
+
+static void mt_hook(lua_State *L, lua_Debug *ar) {
+  mt_universe *U = mt_universe_of(L);
+  mt_thread *t = mt_thread_self_in(U);
+  (void)ar;
+  if (t == NULL) return;
+  if (atomic_load_explicit(&t->interrupt, memory_order_relaxed)) {
+    set_normal_hook(U, L);   /* undo the watcher's count-1 hook */
+    mt_check_interrupt(L);
+  }
+  if (atomic_load_explicit(&U->gil.drop_request, memory_order_relaxed)) {
+    gil_release(&U->gil, t, 1);
+    gil_acquire(&U->gil, t);
+  }
+}
+
+static void set_normal_hook(mt_universe *U, lua_State *L) {
+  if (U->threaded) lua_sethook(L, mt_hook, LUA_MASKCOUNT, MT_HOOK_COUNT);
+  else lua_sethook(L, NULL, 0, 0);
+}
+
+/* Called by the SIGINT watcher, from its own thread, like lua.c's
+** signal handler: makes the running Lua code stop at its next
+** instruction.  lua_sethook is documented as safe for this. */
+void mt_hook_interrupt(lua_State *L) {
+  lua_sethook(L, mt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void hook_if_unhooked(lua_State *L) {
+  if (L != NULL && lua_gethook(L) == NULL)
+    lua_sethook(L, mt_hook, LUA_MASKCOUNT, MT_HOOK_COUNT);
+}
+
+/* GIL held: no other thread runs Lua now, so hooking their states is
+** safe.  Threads made later inherit the hook through lua_newthread. */
+void mt_enter_threaded(lua_State *L) {
+  mt_universe *U = mt_universe_of(L);
+  if (U->threaded) return;
+  U->threaded = 1;
+  for (mt_thread *t = U->threads; t != NULL; t = t->next) {
+    hook_if_unhooked(t->L);
+    hook_if_unhooked(t->running);
+  }
+  hook_if_unhooked(L);
+}
+
+void mt_prepare_resume(lua_State *L, lua_State *co) {
+  mt_universe *U = mt_universe_of(L);
+  if (U->threaded && lua_gethook(co) == NULL)
+    lua_sethook(co, mt_hook, LUA_MASKCOUNT, MT_HOOK_COUNT);
+  mt_set_running(co);
+}
+
+void mt_set_running(lua_State *co) {
+  mt_thread *t = mt_self(co);
+  if (t != NULL) t->running = co;
+}
+
+/* ------------------------------------------------------------- fork */
+
+void mt_universe_after_fork_child(mt_universe *U) {
+  mt_thread *self = tls_self, *t, *next;
+  for (t = U->threads; t != NULL; t = next) {
+    next = t->next;
+    if (t == self) continue;
+    /* another thread's waiters may still sit in object lists: keep the
+    ** record (never freed) but make its mutex usable and mark it dead */
+    park_init(t);
+    t->dead = 1;
+    registry_unlink(U, t);
+  }
+  park_init(self);
+  mt_interrupt_after_fork_child();
+  atomic_store(&self->interrupt, 0);
+  self->native_id = (long)syscall(SYS_gettid);
+  if (U->main != self) {
+    if (U->main) U->main->is_main = 0;
+    U->main = self;
+    self->is_main = 1;
+  }
+  gil_reinit_after_fork(&U->gil, self);
+  U->pid = getpid();
+  mt_interrupt_start(U);
+  if (U->after_fork_child) U->after_fork_child(U);
+}
