@@ -1,0 +1,91 @@
+-- tap.lua: a small TAP producer for the suite (run by prove).
+--   local t = require "tests.tap"
+--   t.ok(cond, name); t.is(got, want, name); t.like(str, pattern, name)
+--   t.raises(fn, Class, pattern?, name) ; t.run_script(path) ; t.done()
+-- Every test file ends with t.done(), which prints the plan.
+local M = {}
+local count, failed = 0, 0
+
+local function diag(msg)
+  for line in tostring(msg):gmatch("[^\n]+") do io.stdout:write("# ", line, "\n") end
+end
+M.diag = diag
+
+function M.ok(cond, name)
+  count = count + 1
+  io.stdout:write(cond and "ok " or "not ok ", count, " - ", name or "", "\n")
+  io.stdout:flush()
+  if not cond then failed = failed + 1 end
+  return cond
+end
+
+local function show(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  return tostring(v)
+end
+
+function M.is(got, want, name)
+  local ok = got == want
+  if not M.ok(ok, name) then diag("got:  " .. show(got)); diag("want: " .. show(want)) end
+  return ok
+end
+
+function M.like(got, pattern, name)
+  local ok = type(got) == "string" and got:find(pattern) ~= nil
+  if not M.ok(ok, name) then diag("got:  " .. show(got)); diag("want match: " .. pattern) end
+  return ok
+end
+
+-- fn must raise an instance of cls (and, if given, a message matching pattern)
+function M.raises(fn, cls, pattern, name)
+  local ok, err = pcall(fn)
+  local good = not ok and isinstance(err, cls)
+  if good and pattern then good = tostring(err):find(pattern) ~= nil end
+  if not M.ok(good, name or ("raises " .. tostring(cls))) then
+    diag(ok and "no error raised" or ("raised: " .. tostring(err)))
+  end
+  return err
+end
+
+-- The mtlua binary under test (MTLUA_BUILD from the Makefile).
+M.build = os.getenv("MTLUA_BUILD") or "build"
+M.mtlua = M.build .. "/mtlua"
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Runs `mtlua args...` (a shell string) with a time limit; returns
+-- stdout, stderr, exit status.
+function M.run(args, limit, stdin)
+  local out, err = os.tmpname(), os.tmpname()
+  local cmd = ("timeout -k 2 %d %s %s >%s 2>%s"):format(limit or 60, M.mtlua, args, out, err)
+  if stdin then cmd = cmd .. " <" .. stdin else cmd = cmd .. " </dev/null" end
+  local _, _, status = os.execute(cmd)
+  local o, e = slurp(out), slurp(err)
+  os.remove(out); os.remove(err)
+  return o, e, status
+end
+
+-- Runs a Lua source text as a script; returns stdout, stderr, status.
+function M.run_source(src, limit, args)
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "w"))
+  f:write(src)
+  f:close()
+  local o, e, s = M.run(path .. " " .. (args or ""), limit)
+  os.remove(path)
+  return o, e, s
+end
+
+function M.done()
+  io.stdout:write("1..", count, "\n")
+  io.stdout:flush()
+  os.exit(failed == 0 and 0 or 1)
+end
+
+return M
