@@ -88,6 +88,12 @@ struct mt_universe {
   void (*greenlet_wake)(mt_waiter *w);
   void (*after_fork_child)(mt_universe *U);   /* e.g. reset the hub */
   void (*on_interrupt)(mt_universe *U);  /* SIGINT: wake a waiting hub */
+  /* Waits until fd is ready for 'events' (POLLIN/POLLOUT) on the hub,
+  ** when L is a greenlet under monkey patching (or a gevent socket,
+  ** force != 0); returns < 0 when the caller should block the thread
+  ** itself (poll with the GIL released), else MT_WOKEN/MT_TIMEDOUT/
+  ** MT_INTERRUPTED.  Set by the coroutine binding; used by sockets. */
+  int (*greenlet_wait_fd)(lua_State *L, int fd, int events, double deadline, int force);
   /* who owns an RLock: the OS thread, or under monkey patching the
   ** greenlet (set by the coroutine binding; NULL: the OS thread) */
   void *(*owner_of)(lua_State *L);
@@ -118,6 +124,11 @@ void mt_enter_threaded(lua_State *L);
 /* Gives coroutine 'co' the hook when threaded; records it as running. */
 void mt_prepare_resume(lua_State *L, lua_State *co);
 void mt_set_running(lua_State *co);
+/* fork() for multiprocessing and pool: flushes stdio first; in the
+** child re-initialises the runtime (GIL, waits, threading's records,
+** the hub), reseeds math.random.  Returns fork's result (GIL held in
+** both processes).  Raises OSError when fork fails. */
+pid_t mt_fork(lua_State *L);
 /* In a forked child: the caller is the only thread left. */
 void mt_universe_after_fork_child(mt_universe *U);
 
