@@ -258,7 +258,7 @@ int main(int argc, char **argv) {
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
-  create_arg_table(L, argv, argc, script > 0 ? script : 0);
+  create_arg_table(L, argv, argc, script < argc ? script : 0);
   lua_gc(L, LUA_GCRESTART);
   lua_gc(L, LUA_GCGEN, 0, 0);
   int ok = 1;

@@ -99,7 +99,9 @@ struct mt_universe {
   void *(*owner_of)(lua_State *L);
 };
 
-#define MT_HOOK_COUNT 1000
+/* prime, so that the hook does not always land on the same instruction
+** of a short loop (a racy `counter = counter + 1` must be able to race) */
+#define MT_HOOK_COUNT 997
 
 mt_universe *mt_universe_of(lua_State *L);
 /* The identity that owns an RLock acquired from L. */

@@ -134,10 +134,10 @@ static void mt_hook(lua_State *L, lua_Debug *ar) {
   mt_thread *t = mt_thread_self_in(U);
   (void)ar;
   if (t == NULL) return;
-  if (atomic_load_explicit(&t->interrupt, memory_order_relaxed)) {
+  if (lua_gethookmask(L) & LUA_MASKCALL)
     set_normal_hook(U, L);   /* undo the watcher's count-1 hook */
+  if (atomic_load_explicit(&t->interrupt, memory_order_relaxed))
     mt_check_interrupt(L);
-  }
   if (atomic_load_explicit(&U->gil.drop_request, memory_order_relaxed)) {
     gil_release(&U->gil, t, 1);
     gil_acquire(&U->gil, t);
