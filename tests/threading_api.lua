@@ -1,0 +1,207 @@
+-- threading: Thread, names, identities, errors, excepthook, Timer, local.
+local t = require "tests.tap"
+local threading = require "threading"
+local time = require "time"
+local sleep = time.sleep
+
+-- Thread basics ---------------------------------------------------------
+do
+  local got = {}
+  local function work(a, b, kw) got = { a, b, kw and kw.age } end
+  local th = threading.Thread{target=work, args={1, 2}, kwargs={age=3}}
+  t.like(tostring(th), "^<Thread%(Thread%-%d+ %(work%), initial%)>$", "tostring before start")
+  t.ok(not th:is_alive(), "not alive before start")
+  th:start()
+  t.like(tostring(th), "^<Thread%(Thread%-%d+ %(work%), %a+ %d+%)>$", "tostring after start")
+  th:join()
+  t.is(got[1], 1, "args[1]")
+  t.is(got[2], 2, "args[2]")
+  t.is(got[3], 3, "kwargs appended as one table")
+  t.like(tostring(th), "^<Thread%(Thread%-%d+ %(work%), stopped %d+%)>$", "tostring after join")
+  t.ok(not th:is_alive(), "not alive after join")
+  t.ok(math.type(th.ident) == "integer", "ident is an integer")
+  t.ok(math.type(th.native_id) == "integer" and th.native_id > 0, "native_id is the tid")
+  t.raises(function() th:start() end, RuntimeError, "only be started once", "start twice")
+end
+
+do   -- nil holes in args are kept (table.pack's .n)
+  local seen
+  local th = threading.Thread{target=function(...) seen = select("#", ...) end,
+                              args=table.pack(1, nil, 3)}
+  th:start(); th:join()
+  t.is(seen, 3, "args with a nil hole keep their length")
+end
+
+do   -- names
+  local th = threading.Thread{target=print, name="worker"}
+  t.is(th.name, "worker", "explicit name")
+  local th2 = threading.Thread{target=print}
+  t.like(th2.name, "^Thread%-%d+ %(print%)$", "a global target is named")
+  local th3 = threading.Thread{target=function() end}
+  t.like(th3.name, "^Thread%-%d+ %(tests/threading_api.lua:%d+%)$", "an anonymous target: file:line")
+  local Sub = class("Sub", threading.Thread)
+  function Sub:run() end
+  local s = Sub()
+  t.like(s.name, "^Thread%-%d+$", "a subclass's default name is Thread-N")
+  t.like(tostring(s), "^<Sub%(Thread%-%d+, initial%)>$", "tostring names the subclass")
+  local n1 = tonumber(threading.Thread().name:match("%d+"))
+  local n2 = tonumber(threading.Thread().name:match("%d+"))
+  t.is(n2, n1 + 1, "names count up")
+  local d = threading.Thread{target=print, daemon=true}
+  t.like(tostring(d), "initial daemon%)>$", "daemon in tostring")
+end
+
+do   -- upvalue targets are named by the upvalue
+  local function dance() end
+  local function make() return threading.Thread{target=dance} end
+  t.like(make().name, "%(dance%)$", "an upvalue target is named")
+end
+
+-- main thread, current_thread, enumerate -------------------------------
+do
+  local main = threading.main_thread()
+  t.like(tostring(main), "^<_MainThread%(MainThread, started %d+%)>$", "main thread tostring")
+  t.ok(threading.current_thread() == main, "current_thread in main")
+  t.is(main.ident, threading.get_ident(), "get_ident of main")
+  t.is(main.native_id, threading.get_native_id(), "get_native_id of main")
+  local inside, ident
+  local ev = threading.Event()
+  local th = threading.Thread{target=function()
+    inside = threading.current_thread()
+    ident = threading.get_ident()
+    ev:wait(5)
+  end}
+  th:start()
+  sleep(0.05)
+  t.ok(inside == th, "current_thread inside a thread")
+  t.is(ident, th.ident, "get_ident inside a thread")
+  local list = threading.enumerate()
+  t.is(#list, 2, "enumerate lists two threads")
+  t.is(threading.active_count(), 2, "active_count")
+  t.like(tostring(list), "^%[<_MainThread.-%)>, <Thread%(.-%)>%]$", "enumerate tostring is a list")
+  ev:set()
+  th:join(5)
+  t.is(threading.active_count(), 1, "the thread left enumerate")
+end
+
+-- join ----------------------------------------------------------------
+do
+  local th = threading.Thread{target=sleep, args={0.3}}
+  t.raises(function() th:join() end, RuntimeError, "before it is started", "join before start")
+  th:start()
+  local t0 = time.monotonic()
+  th:join(0.05)
+  local dt = time.monotonic() - t0
+  t.ok(dt >= 0.04 and dt < 0.25, "join(timeout) returns after the timeout")
+  t.ok(th:is_alive(), "still alive after a timed-out join")
+  th:join{timeout=-1}
+  t.ok(th:is_alive(), "negative timeout is 0")
+  th:join()
+  t.ok(not th:is_alive(), "join waits for the end")
+  local self_err
+  local th2 = threading.Thread{target=function()
+    local ok, e = pcall(function() threading.current_thread():join() end)
+    self_err = e
+  end}
+  th2:start(); th2:join()
+  t.ok(isinstance(self_err, RuntimeError) and tostring(self_err):find("join current thread"),
+    "joining self raises RuntimeError")
+end
+
+-- bad input -------------------------------------------------------------
+t.raises(function() threading.Thread{target=42} end, TypeError, "target", "Thread{target=42}")
+t.raises(function() threading.Thread{target=print, args=5} end, TypeError, "args", "args must be a table")
+t.raises(function() threading.setswitchinterval(0) end, ValueError, nil, "switch interval 0")
+t.raises(function() threading.setswitchinterval("x") end, TypeError, nil, "switch interval string")
+t.raises(function() threading.Thread.start({}) end, RuntimeError, "not called", "start on a non-thread")
+
+do
+  local old = threading.getswitchinterval()
+  t.is(old, 0.005, "default switch interval 5 ms")
+  threading.setswitchinterval(0.001)
+  t.is(threading.getswitchinterval(), 0.001, "setswitchinterval")
+  threading.setswitchinterval(old)
+  t.ok(threading.TIMEOUT_MAX > 1e6, "TIMEOUT_MAX")
+end
+
+-- excepthook ---------------------------------------------------------------
+do
+  local got
+  local old = threading.excepthook
+  threading.excepthook = function(args) got = args end
+  local th = threading.Thread{target=function() raise(ValueError("boom")) end, name="bad"}
+  th:start(); th:join()
+  threading.excepthook = old
+  t.ok(got ~= nil, "excepthook called")
+  t.ok(got and got.exc_type == ValueError, "exc_type")
+  t.ok(got and isinstance(got.exc_value, ValueError), "exc_value")
+  t.ok(got and got.thread == th, "thread")
+  t.like(got and got.exc_traceback or "", "stack traceback", "exc_traceback")
+end
+
+do   -- default hook output, and the other threads go on
+  local out, err, status = t.run_source([[
+    local threading = require "threading"
+    local function dance() error(ValueError("bad step")) end
+    local ok = false
+    local th = threading.Thread{target=dance}
+    local other = threading.Thread{target=function() require("time").sleep(0.1) ok = true end}
+    other:start(); th:start(); th:join(); other:join()
+    print("other finished:", ok)
+  ]])
+  t.is(status, 0, "an error in a thread does not end the process")
+  t.like(err, "^Exception in thread Thread%-1 %(dance%):\n", "excepthook header")
+  t.like(err, "\nValueError: bad step\n$", "excepthook message last")
+  t.like(out, "other finished:\ttrue", "other threads go on")
+end
+
+-- Timer ---------------------------------------------------------------------
+do
+  local fired = {}
+  local tm = threading.Timer(0.05, function(a, kw) fired[#fired + 1] = a .. kw.x end, {"v"}, {x="!"})
+  local t0 = time.monotonic()
+  tm:start(); tm:join(5)
+  t.is(fired[1], "v!", "Timer fires with args and kwargs")
+  t.ok(time.monotonic() - t0 >= 0.045, "Timer waits its interval")
+  local tm2 = threading.Timer{0.5, function() fired[#fired + 1] = "late" end}
+  tm2:start(); tm2:cancel(); tm2:join(5)
+  t.is(#fired, 1, "a cancelled Timer does not fire")
+  t.raises(function() threading.Timer(0.1, 42) end, TypeError, nil, "Timer needs a callable")
+end
+
+-- local ---------------------------------------------------------------------
+do
+  local data = threading.Local()
+  data.x = "main"
+  local seen = {}
+  local ths = {}
+  for i = 1, 4 do
+    ths[i] = threading.Thread{target=function()
+      seen[i] = data.x
+      data.x = i
+      sleep(0.01)
+      seen[i] = seen[i] == nil and data.x == i
+    end}
+    ths[i]:start()
+  end
+  for i = 1, 4 do ths[i]:join() end
+  local all = true
+  for i = 1, 4 do all = all and seen[i] == true end
+  t.ok(all, "each thread sees only its own fields")
+  t.is(data.x, "main", "the main thread's field is untouched")
+  t.ok(threading["local"] == threading.Local, "threading['local'] is Local")
+end
+
+-- many threads --------------------------------------------------------------
+do
+  local n, lock = 0, threading.Lock()
+  local ths = {}
+  for i = 1, 100 do
+    ths[i] = threading.Thread{target=function() lock:acquire(); n = n + 1; lock:release() end}
+    ths[i]:start()
+  end
+  for i = 1, 100 do ths[i]:join(10) end
+  t.is(n, 100, "100 threads started and joined")
+end
+
+t.done()
