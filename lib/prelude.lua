@@ -247,6 +247,7 @@ ConnectionAbortedError = exception("ConnectionAbortedError", ConnectionError)
 FileNotFoundError = exception("FileNotFoundError", OSError)
 PermissionError = exception("PermissionError", OSError)
 InterruptedError = exception("InterruptedError", OSError)
+BlockingIOError = exception("BlockingIOError", OSError)
 
 KeyboardInterrupt = exception("KeyboardInterrupt", BaseException)
 SystemExit = exception("SystemExit", BaseException)

@@ -9,6 +9,7 @@
 ** modules through mt_register_class, so that a script rebinding the
 ** global ValueError does not change what C raises.
 */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -72,6 +73,41 @@ int mt_raise(lua_State *L, const char *cls, const char *fmt, ...) {
     lua_setfield(L, -2, "traceback");
   }
   return lua_error(L);
+}
+
+/* The OSError subclass Python picks for an errno (PEP 3151). */
+static const char *oserror_class(int err) {
+  switch (err) {
+    case ECONNREFUSED: return "ConnectionRefusedError";
+    case ECONNRESET: return "ConnectionResetError";
+    case ECONNABORTED: return "ConnectionAbortedError";
+    case EPIPE: case ESHUTDOWN: return "BrokenPipeError";
+    case ETIMEDOUT: return "TimeoutError";
+    case ENOENT: return "FileNotFoundError";
+    case EACCES: case EPERM: return "PermissionError";
+    case EINTR: return "InterruptedError";
+    case EAGAIN: case EINPROGRESS: case EALREADY: return "BlockingIOError";
+    default: return "OSError";
+  }
+}
+
+int mt_raise_errno(lua_State *L, const char *cls, int code, const char *msg) {
+  if (!mt_push_class(L, cls)) {   /* e.g. BlockingIOError unknown */
+    lua_pop(L, 1);
+    mt_push_class(L, "OSError");
+  }
+  lua_pushinteger(L, code);
+  lua_pushstring(L, msg);
+  lua_call(L, 2, 1);
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    luaL_traceback(L, L, NULL, 1);
+    lua_setfield(L, -2, "traceback");
+  }
+  return lua_error(L);
+}
+
+int mt_raise_oserror(lua_State *L, int err) {
+  return mt_raise_errno(L, oserror_class(err), err, strerror(err));
 }
 
 int mt_isinstance(lua_State *L, int idx, const char *qualname) {

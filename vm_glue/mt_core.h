@@ -189,6 +189,13 @@ void mt_blocking_end(lua_State *L);
 ** such as "ValueError", or a name registered with mt_register_class,
 ** such as "queue.Empty") with a formatted message. */
 int mt_raise(lua_State *L, const char *cls, const char *fmt, ...);
+/* Raises OSError(err, strerror(err)), as the subclass Python picks for
+** err (ConnectionRefusedError, BrokenPipeError, TimeoutError,
+** FileNotFoundError, BlockingIOError...): errno and strerror are set. */
+int mt_raise_oserror(lua_State *L, int err);
+/* Raises cls(code, msg) (an OSError subclass: errno = code, strerror =
+** msg); falls back to OSError when cls is unknown. */
+int mt_raise_errno(lua_State *L, const char *cls, int code, const char *msg);
 /* Pushes a new exception instance (not raised). */
 void mt_push_exception(lua_State *L, const char *cls, const char *msg);
 /* Classes by qualified name, kept in the registry for mt_raise. */
