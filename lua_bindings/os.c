@@ -4,6 +4,7 @@
 ** runs, so other threads go on.
 */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -22,10 +23,13 @@ static int os_cpu_count(lua_State *L) {
 
 static int os_execute(lua_State *L) {
   const char *cmd = luaL_optstring(L, 1, NULL);
-  int stat;
+  int stat, err;
   mt_blocking_begin(L);
+  errno = 0;   /* luaL_execresult reads it */
   stat = system(cmd);
+  err = errno;
   mt_blocking_end(L);
+  errno = err;
   if (cmd == NULL) {
     lua_pushboolean(L, stat);
     return 1;
