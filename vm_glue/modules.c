@@ -6,6 +6,7 @@
 const luaL_Reg mt_c_modules[] = {
   {"_threading", luaopen_mt_threading},
   {"time", luaopen_mt_time},
+  {"pickle", luaopen_mt_pickle},
   {"socket", luaopen_mt_socket},
   {"queue", luaopen_mt_queue},
   {NULL, NULL}

@@ -14,6 +14,7 @@ extern const luaL_Reg mt_patches[];
 
 int luaopen_mt_threading(lua_State *L);   /* lua_bindings/threading.c */
 int luaopen_mt_time(lua_State *L);        /* lua_bindings/time.c */
+int luaopen_mt_pickle(lua_State *L);      /* lua_bindings/pickle.c */
 int luaopen_mt_socket(lua_State *L);      /* lua_bindings/socket.c */
 int luaopen_mt_queue(lua_State *L);       /* lua_bindings/queue.c */
 int luaopen_mt_os(lua_State *L);          /* lua_bindings/os.c */

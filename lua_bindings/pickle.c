@@ -1,0 +1,1149 @@
+/*
+** pickle.c -- serializing Lua values (SPEC §9): the `pickle` module and
+** the C API of pickle.h that multiprocessing uses per queue item.
+**
+** Format (all integers little-endian, varints LEB128):
+**   pickle  = magic value [mac]
+**   magic   = 0xA1 (data only) | 0xA2 (holds code: an 8-byte SipHash-2-4
+**             of everything before it follows the value)
+**   value   = 0x80|n          integer 0..127
+**           | 0x40|n bytes    string of length 0..31
+**           | NIL | FALSE | TRUE
+**           | INT zigzag-varint | FLOAT 8 bytes (the IEEE bits)
+**           | STR varint bytes
+**           | TABLE body | MTABLE body value(the metatable)
+**           | INST name body  (a class instance, by class __name__)
+**           | CLASS name      | REF varint (memo index) | GLOBALS
+**           | LFUNC varint bytecode varint(nups) upvalue*
+**           | CFUNC name      (module "\0" field ["\0" field])
+**           | REDUCE value(func) value(args)
+**   body    = varint(narr) varint(nhash) value*narr (value value)*nhash
+**   upvalue = 0 value | 1 varint (shares an upvalue seen before)
+** Tables and Lua functions get memo indices (1, 2, ...) in the order
+** they are met, when they are created, so cycles and shared references
+** come back as one object.  A REDUCE result gets its index after its
+** func and args.
+**
+** Lua 5.4 has no bytecode verifier, and REDUCE and CFUNC run code on
+** loads, so a pickle that holds code carries a MAC keyed by a random
+** key made once per process tree (at program start: forked children
+** inherit it).  loads refuses code in a pickle without a valid MAC;
+** data-only pickles need none.
+**
+** Choices: a table with a metatable that is not a class is pickled with
+** its metatable (by value, like any table); a class (the table made by
+** class()) is pickled by name.  Any value that is the global table is
+** pickled as "the receiver's globals".
+*/
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mt_core.h"
+#include "pickle.h"
+
+#define PK_MAGIC_DATA 0xA1
+#define PK_MAGIC_CODE 0xA2
+#define PK_MACLEN 8
+#define PK_MAXDEPTH 2000      /* nesting limit of dumps and loads */
+#define PK_MAXARGS 10000      /* arguments of a REDUCE call */
+
+enum {
+  T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_MTABLE,
+  T_INST, T_CLASS, T_REF, T_GLOBALS, T_LFUNC, T_CFUNC, T_REDUCE
+};
+#define T_SSTR 0x40   /* 0x40..0x5f: a string of length 0..31 */
+#define T_SINT 0x80   /* 0x80..0xff: an integer 0..127 */
+
+static const char BUF_MT[] = "mtlua.pickle.buf";
+static const char CNAMES_KEY[] = "mtlua.pickle.cnames";
+
+int luaopen_mt_pickle(lua_State *L);
+
+/* ---------------------------------------------------------- the MAC */
+
+static uint64_t pk_key[2];
+
+static uint64_t get64le(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND do { \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2; \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0; \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
+  } while (0)
+
+/* SipHash-2-4 (Aumasson & Bernstein), 64-bit output. */
+static uint64_t siphash24(const uint64_t k[2], const unsigned char *in, size_t len) {
+  uint64_t v0 = 0x736f6d6570736575ULL ^ k[0], v1 = 0x646f72616e646f6dULL ^ k[1];
+  uint64_t v2 = 0x6c7967656e657261ULL ^ k[0], v3 = 0x7465646279746573ULL ^ k[1];
+  const unsigned char *end = in + (len & ~(size_t)7);
+  for (; in != end; in += 8) {
+    uint64_t m = get64le(in);
+    v3 ^= m; SIPROUND; SIPROUND; v0 ^= m;
+  }
+  uint64_t b = (uint64_t)len << 56;
+  for (int i = (int)(len & 7) - 1; i >= 0; i--) b |= (uint64_t)in[i] << (8 * i);
+  v3 ^= b; SIPROUND; SIPROUND; v0 ^= b;
+  v2 ^= 0xff; SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static void put64le(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) { p[i] = (unsigned char)v; v >>= 8; }
+}
+
+/* The key is made before main, so every process forked from this one
+** (at any depth) shares it and no other process knows it.  (A fuzzing
+** build uses a fixed key so that its harness can sign mutated input.) */
+__attribute__((constructor)) static void pk_key_init(void) {
+#ifndef PK_FUZZ
+  unsigned char k[16];
+  size_t got = 0;
+  while (got < sizeof k) {
+    ssize_t r = getrandom(k + got, sizeof k - got, 0);
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  if (got < sizeof k) {   /* no getrandom: /dev/urandom, then clocks */
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ssize_t r = read(fd, k, sizeof k);
+      if (r == (ssize_t)sizeof k) got = sizeof k;
+      close(fd);
+    }
+  }
+  if (got < sizeof k) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t a = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)getpid();
+    uint64_t b = (uint64_t)(uintptr_t)&got ^ (uint64_t)clock();
+    put64le(k, a); put64le(k + 8, b);
+  }
+  pk_key[0] = get64le(k);
+  pk_key[1] = get64le(k + 8);
+#endif
+}
+
+#ifdef PK_FUZZ
+/* For the fuzz harness: rewrites the MAC of a signed pickle in place. */
+void pk_fuzz_sign(unsigned char *s, size_t len) {
+  if (len > PK_MACLEN && s[0] == PK_MAGIC_CODE)
+    put64le(s + len - PK_MACLEN, siphash24(pk_key, s, len - PK_MACLEN));
+}
+#endif
+
+static int mac_ok(const unsigned char *s, size_t len) {
+  unsigned char want[PK_MACLEN];
+  put64le(want, siphash24(pk_key, s, len));
+  unsigned diff = 0;
+  for (int i = 0; i < PK_MACLEN; i++) diff |= want[i] ^ s[len + i];
+  return diff == 0;
+}
+
+/* ------------------------------------------------ the output buffer */
+
+/* A growable C buffer inside a userdata box, so that an error anywhere
+** in dumps leaves it to the collector (no leak). */
+typedef struct pk_buf { unsigned char *p; size_t n, cap; } pk_buf;
+
+static int buf_gc(lua_State *L) {
+  pk_buf *b = (pk_buf *)luaL_checkudata(L, 1, BUF_MT);
+  free(b->p);
+  b->p = NULL;
+  b->n = b->cap = 0;
+  return 0;
+}
+
+static pk_buf *buf_new(lua_State *L) {
+  pk_buf *b = (pk_buf *)lua_newuserdatauv(L, sizeof(pk_buf), 0);
+  b->p = NULL; b->n = b->cap = 0;
+  if (luaL_newmetatable(L, BUF_MT)) {
+    lua_pushcfunction(L, buf_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+/* Makes room for 'extra' more bytes; returns 0 when out of memory. */
+static int buf_grow(pk_buf *b, size_t extra) {
+  if (extra > SIZE_MAX / 2 - b->n) return 0;
+  size_t need = b->n + extra, cap = b->cap ? b->cap : 256;
+  while (cap < need) cap *= 2;
+  unsigned char *p = (unsigned char *)realloc(b->p, cap);
+  if (p == NULL) return 0;
+  b->p = p;
+  b->cap = cap;
+  return 1;
+}
+
+/* ------------------------------------------------------------ dumps */
+
+typedef struct pk_enc {
+  lua_State *L;
+  pk_buf *b;
+  int memo;            /* slot: object -> memo index (0: being reduced) */
+  int upmemo;          /* slot: upvalue id -> upvalue index */
+  int is_class;        /* slot: the prelude's is_class (or false) */
+  lua_Integer nmemo, nupv;
+  int depth;
+  int code;            /* holds code: the pickle gets a MAC */
+  const char *inst;    /* class name of the innermost instance */
+} pk_enc;
+
+static void enc_value(pk_enc *e, int idx, int direct);
+
+static unsigned char *w_room(pk_enc *e, size_t n) {
+  pk_buf *b = e->b;
+  if (b->cap - b->n < n && !buf_grow(b, n))
+    mt_raise(e->L, "MemoryError", "pickle.dumps: out of memory");
+  return b->p + b->n;
+}
+
+static void w_byte(pk_enc *e, int c) {
+  *w_room(e, 1) = (unsigned char)c;
+  e->b->n++;
+}
+
+static void w_bytes(pk_enc *e, const void *s, size_t len) {
+  memcpy(w_room(e, len), s, len);
+  e->b->n += len;
+}
+
+static int varint_put(unsigned char *p, uint64_t v) {
+  int n = 0;
+  while (v >= 0x80) { p[n++] = (unsigned char)(v | 0x80); v >>= 7; }
+  p[n++] = (unsigned char)v;
+  return n;
+}
+
+static void w_varint(pk_enc *e, uint64_t v) {
+  e->b->n += varint_put(w_room(e, 10), v);
+}
+
+/* Writes a varint at 'pos', shifting what follows it. */
+static void w_varint_at(pk_enc *e, size_t pos, uint64_t v) {
+  unsigned char tmp[10];
+  int n = varint_put(tmp, v);
+  w_room(e, (size_t)n);
+  pk_buf *b = e->b;
+  memmove(b->p + pos + n, b->p + pos, b->n - pos);
+  memcpy(b->p + pos, tmp, (size_t)n);
+  b->n += (size_t)n;
+}
+
+/* The scalar encodings write into p (room for 10 + 8 bytes) and return
+** the length, so that dumps of a scalar needs no buffer at all. */
+static int put_int(unsigned char *p, lua_Integer i) {
+  if (i >= 0 && i < 128) { p[0] = (unsigned char)(T_SINT | i); return 1; }
+  uint64_t u = (uint64_t)i;
+  uint64_t zz = (u << 1) ^ (i < 0 ? ~(uint64_t)0 : 0);
+  p[0] = T_INT;
+  return 1 + varint_put(p + 1, zz);
+}
+
+static int put_float(unsigned char *p, lua_Number d) {
+  uint64_t bits;
+  double x = (double)d;
+  memcpy(&bits, &x, sizeof bits);
+  p[0] = T_FLOAT;
+  put64le(p + 1, bits);
+  return 9;
+}
+
+static int put_strhead(unsigned char *p, size_t len) {
+  if (len < 32) { p[0] = (unsigned char)(T_SSTR | len); return 1; }
+  p[0] = T_STR;
+  return 1 + varint_put(p + 1, len);
+}
+
+static void w_str(pk_enc *e, const char *s, size_t len) {
+  e->b->n += put_strhead(w_room(e, 12), len);
+  w_bytes(e, s, len);
+}
+
+/* A raw name: varint length + bytes. */
+static void w_name(pk_enc *e, const char *s, size_t len) {
+  w_varint(e, len);
+  w_bytes(e, s, len);
+}
+
+static const char *typename_of(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TUSERDATA && luaL_getmetafield(L, idx, "__name")) {
+    const char *n = lua_tostring(L, -1);   /* kept alive by the metatable */
+    lua_pop(L, 1);
+    if (n) return n;
+  }
+  return luaL_typename(L, idx);
+}
+
+/* TypeError for a value pickle does not carry.  A C object inside a
+** class instance (the userdata of a Lock...) names the class, as
+** Python names the type it cannot pickle. */
+static int enc_refuse(pk_enc *e, int idx, int direct, const char *why) {
+  lua_State *L = e->L;
+  int t = lua_type(L, idx);
+  if (direct && e->inst && (t == LUA_TUSERDATA || t == LUA_TLIGHTUSERDATA))
+    return mt_raise(L, "TypeError", "cannot pickle '%s' object", e->inst);
+  if (e->inst)
+    return mt_raise(L, "TypeError", "cannot pickle '%s' object%s (in a '%s' instance)",
+                    typename_of(L, idx), why, e->inst);
+  return mt_raise(L, "TypeError", "cannot pickle '%s' object%s", typename_of(L, idx), why);
+}
+
+static void enc_enter(pk_enc *e) {
+  if (++e->depth > PK_MAXDEPTH)
+    mt_raise(e->L, "ValueError", "pickle.dumps: nesting deeper than %d levels", PK_MAXDEPTH);
+  luaL_checkstack(e->L, 8, "pickle.dumps");
+}
+
+/* The memo index of the object at idx, -1 if not seen yet. */
+static lua_Integer memo_get(pk_enc *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->memo)) return -1;
+  lua_pushvalue(L, idx);
+  lua_Integer r = lua_rawget(L, e->memo) == LUA_TNIL ? -1 : lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+static void memo_set(pk_enc *e, int idx, lua_Integer v) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->memo)) {
+    lua_newtable(L);
+    lua_replace(L, e->memo);
+  }
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, v);
+  lua_rawset(L, e->memo);
+}
+
+static void memo_add(pk_enc *e, int idx) {
+  memo_set(e, idx, ++e->nmemo);
+}
+
+/* Writes a REF if the object was seen; returns 1 then. */
+static int enc_ref(pk_enc *e, int idx) {
+  lua_Integer m = memo_get(e, idx);
+  if (m < 0) return 0;
+  if (m == 0)
+    mt_raise(e->L, "ValueError", "pickle.dumps: an object refers to itself through __reduce__");
+  w_byte(e, T_REF);
+  w_varint(e, (uint64_t)m);
+  return 1;
+}
+
+/* Is the table at idx a class made by class()? */
+static int is_class(pk_enc *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->is_class)) {   /* fetched at first need */
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "mtlua.prelude") != LUA_TTABLE ||
+        lua_getfield(L, -1, "is_class") != LUA_TTABLE) {
+      lua_settop(L, lua_gettop(L) - (lua_istable(L, -1) ? 2 : 1));
+      lua_pushboolean(L, 0);
+    } else {
+      lua_remove(L, -2);
+    }
+    lua_replace(L, e->is_class);
+  }
+  if (!lua_istable(L, e->is_class)) return 0;
+  lua_pushvalue(L, idx);
+  int r = lua_rawget(L, e->is_class) != LUA_TNIL;
+  lua_pop(L, 1);
+  return r;
+}
+
+/* Pushes the class __name__ of class table idx; raises if it has none. */
+static const char *class_name(pk_enc *e, int idx, size_t *len) {
+  lua_State *L = e->L;
+  lua_pushliteral(L, "__name__");
+  if (lua_rawget(L, idx) != LUA_TSTRING)
+    mt_raise(L, "TypeError", "cannot pickle a class without a string __name__");
+  return lua_tolstring(L, -1, len);
+}
+
+static void enc_body(pk_enc *e, int t) {
+  lua_State *L = e->L;
+  lua_Integer narr = (lua_Integer)lua_rawlen(L, t), nhash = 0;
+  w_varint(e, (uint64_t)narr);
+  size_t countpos = e->b->n;
+  for (lua_Integer i = 1; i <= narr; i++) {
+    lua_rawgeti(L, t, i);
+    enc_value(e, lua_gettop(L), 1);
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    int top = lua_gettop(L);
+    if (lua_isinteger(L, top - 1)) {
+      lua_Integer k = lua_tointeger(L, top - 1);
+      if (k >= 1 && k <= narr) { lua_pop(L, 1); continue; }
+    }
+    enc_value(e, top - 1, 1);
+    enc_value(e, top, 1);
+    nhash++;
+    lua_pop(L, 1);
+  }
+  w_varint_at(e, countpos, (uint64_t)nhash);
+}
+
+/* A class instance whose class has __reduce__: func, args = obj:__reduce__() */
+static void enc_reduce(pk_enc *e, int obj, int fn) {
+  lua_State *L = e->L;
+  memo_set(e, obj, 0);   /* a cycle back to obj is an error, not a loop */
+  lua_pushvalue(L, fn);
+  lua_pushvalue(L, obj);
+  lua_call(L, 1, 2);
+  int args = lua_gettop(L);
+  if (!lua_istable(L, args))
+    mt_raise(L, "TypeError", "__reduce__ of '%s' must return a function and a table of arguments",
+             e->inst ? e->inst : "?");
+  w_byte(e, T_REDUCE);
+  e->code = 1;
+  enc_value(e, args - 1, 0);
+  enc_value(e, args, 0);
+  lua_pop(L, 2);
+  memo_add(e, obj);
+}
+
+/* The instance at t has the class mt (at t + 1). */
+static void enc_instance(pk_enc *e, int t, int mt) {
+  lua_State *L = e->L;
+  const char *saved = e->inst;
+  size_t len;
+  const char *name = class_name(e, mt, &len);   /* stays on the stack */
+  e->inst = name;
+  lua_getfield(L, mt, "__reduce__");
+  if (!lua_isnil(L, -1)) {
+    enc_reduce(e, t, lua_gettop(L));
+  } else {
+    w_byte(e, T_INST);
+    w_name(e, name, len);
+    memo_add(e, t);
+    enc_body(e, t);
+  }
+  lua_pop(L, 2);
+  e->inst = saved;
+}
+
+static void enc_table(pk_enc *e, int t) {
+  lua_State *L = e->L;
+  if (lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS) && lua_rawequal(L, -1, t)) {
+    lua_pop(L, 1);
+    w_byte(e, T_GLOBALS);
+    return;
+  }
+  lua_pop(L, 1);
+  if (enc_ref(e, t)) return;
+  enc_enter(e);
+  if (is_class(e, t)) {
+    size_t len;
+    const char *name = class_name(e, t, &len);
+    w_byte(e, T_CLASS);
+    w_name(e, name, len);
+    lua_pop(L, 1);
+  } else if (!lua_getmetatable(L, t)) {
+    w_byte(e, T_TABLE);
+    memo_add(e, t);
+    enc_body(e, t);
+  } else if (is_class(e, lua_gettop(L))) {
+    enc_instance(e, t, lua_gettop(L));
+    lua_pop(L, 1);
+  } else {   /* a plain metatable travels with the table */
+    w_byte(e, T_MTABLE);
+    memo_add(e, t);
+    enc_body(e, t);
+    enc_value(e, lua_gettop(L), 0);
+    lua_pop(L, 1);
+  }
+  e->depth--;
+}
+
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  pk_buf *b = (pk_buf *)ud;
+  if (b->cap - b->n < sz && !buf_grow(b, sz)) return 1;
+  memcpy(b->p + b->n, p, sz);
+  b->n += sz;
+  return 0;
+}
+
+/* Looks the C function at idx up in the name map; pushes its name or
+** nil.  The map (function -> "module\0field[\0field]") is built from
+** package.loaded at first need and again on a miss. */
+static int cname_lookup(lua_State *L, int idx);
+
+static void enc_cfunction(pk_enc *e, int f, int direct) {
+  lua_State *L = e->L;
+  if (!cname_lookup(L, f)) {
+    lua_pop(L, 1);
+    enc_refuse(e, f, direct, lua_getupvalue(L, f, 1) ? " (a C closure with upvalues)"
+                                                      : " (a C function not found in any loaded module)");
+  }
+  size_t len;
+  const char *name = lua_tolstring(L, -1, &len);
+  w_byte(e, T_CFUNC);
+  e->code = 1;
+  w_name(e, name, len);
+  lua_pop(L, 1);
+}
+
+static void enc_upvalues(pk_enc *e, int f) {
+  lua_State *L = e->L;
+  lua_Debug ar;
+  lua_pushvalue(L, f);
+  lua_getinfo(L, ">u", &ar);
+  w_varint(e, ar.nups);
+  for (int i = 1; i <= ar.nups; i++) {
+    if (lua_isnil(L, e->upmemo)) {
+      lua_newtable(L);
+      lua_replace(L, e->upmemo);
+    }
+    lua_pushlightuserdata(L, lua_upvalueid(L, f, i));
+    if (lua_rawget(L, e->upmemo) != LUA_TNIL) {   /* shared with an earlier closure */
+      w_byte(e, 1);
+      w_varint(e, (uint64_t)lua_tointeger(L, -1));
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, lua_upvalueid(L, f, i));
+    lua_pushinteger(L, ++e->nupv);
+    lua_rawset(L, e->upmemo);
+    w_byte(e, 0);
+    lua_getupvalue(L, f, i);
+    enc_value(e, lua_gettop(L), 0);
+    lua_pop(L, 1);
+  }
+}
+
+static void enc_function(pk_enc *e, int f, int direct) {
+  lua_State *L = e->L;
+  if (lua_iscfunction(L, f)) { enc_cfunction(e, f, direct); return; }
+  if (enc_ref(e, f)) return;
+  enc_enter(e);
+  w_byte(e, T_LFUNC);
+  e->code = 1;
+  memo_add(e, f);
+  size_t pos = e->b->n;
+  lua_pushvalue(L, f);
+  int st = lua_dump(L, dump_writer, e->b, 0);   /* keep debug info: tracebacks */
+  lua_pop(L, 1);
+  if (st != 0) mt_raise(L, "MemoryError", "pickle.dumps: out of memory");
+  w_varint_at(e, pos, (uint64_t)(e->b->n - pos));
+  enc_upvalues(e, f);
+  e->depth--;
+}
+
+static void enc_value(pk_enc *e, int idx, int direct) {
+  lua_State *L = e->L;
+  unsigned char *p;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: w_byte(e, T_NIL); break;
+    case LUA_TBOOLEAN: w_byte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE); break;
+    case LUA_TNUMBER:
+      p = w_room(e, 10);
+      e->b->n += lua_isinteger(L, idx) ? put_int(p, lua_tointeger(L, idx))
+                                       : put_float(p, lua_tonumber(L, idx));
+      break;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, idx, &len);
+      w_str(e, s, len);
+      break;
+    }
+    case LUA_TTABLE: enc_table(e, idx); break;
+    case LUA_TFUNCTION: enc_function(e, idx, direct); break;
+    default: enc_refuse(e, idx, direct, "");
+  }
+}
+
+/* A scalar needs neither buffer nor memo: the queue's fast path. */
+static int dumps_scalar(lua_State *L, int idx) {
+  unsigned char tmp[24];
+  int n = 1;
+  tmp[0] = PK_MAGIC_DATA;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: tmp[n++] = T_NIL; break;
+    case LUA_TBOOLEAN: tmp[n++] = lua_toboolean(L, idx) ? T_TRUE : T_FALSE; break;
+    case LUA_TNUMBER:
+      n += lua_isinteger(L, idx) ? put_int(tmp + 1, lua_tointeger(L, idx))
+                                 : put_float(tmp + 1, lua_tonumber(L, idx));
+      break;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, idx, &len);
+      luaL_Buffer b;
+      n += put_strhead(tmp + 1, len);
+      char *out = luaL_buffinitsize(L, &b, (size_t)n + len);
+      memcpy(out, tmp, (size_t)n);
+      memcpy(out + n, s, len);
+      luaL_pushresultsize(&b, (size_t)n + len);
+      return 1;
+    }
+    default: return 0;
+  }
+  lua_pushlstring(L, (const char *)tmp, (size_t)n);
+  return 1;
+}
+
+void pk_dumps(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (dumps_scalar(L, idx)) return;
+  luaL_checkstack(L, 16, "pickle.dumps");
+  int base = lua_gettop(L) + 1;
+  pk_enc e;
+  e.L = L;
+  e.b = buf_new(L);            /* base */
+  lua_pushnil(L); e.memo = base + 1;
+  lua_pushnil(L); e.upmemo = base + 2;
+  lua_pushnil(L); e.is_class = base + 3;
+  e.nmemo = e.nupv = 0;
+  e.depth = 0;
+  e.code = 0;
+  e.inst = NULL;
+  w_byte(&e, PK_MAGIC_DATA);
+  enc_value(&e, idx, 0);
+  if (e.code) {   /* code inside: sign the whole pickle */
+    e.b->p[0] = PK_MAGIC_CODE;
+    put64le(w_room(&e, PK_MACLEN), siphash24(pk_key, e.b->p, e.b->n));
+    e.b->n += PK_MACLEN;
+  }
+  lua_pushlstring(L, (const char *)e.b->p, e.b->n);
+  free(e.b->p);     /* now, rather than at the next collection */
+  e.b->p = NULL;
+  e.b->n = e.b->cap = 0;
+  lua_replace(L, base);
+  lua_settop(L, base);
+}
+
+/* ---------------------------------------------------- C function names */
+
+/* map[fn] = the name on top (popped), unless fn has a name already. */
+static void cname_add(lua_State *L, int map, int fn) {
+  lua_pushvalue(L, fn);
+  if (lua_rawget(L, map) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, fn);
+    lua_insert(L, -2);
+    lua_rawset(L, map);
+  } else {
+    lua_pop(L, 2);
+  }
+}
+
+/* Pushes prefix "\0" key. */
+static void push_path(lua_State *L, int prefix, int key) {
+  lua_pushvalue(L, prefix);
+  lua_pushlstring(L, "\0", 1);
+  lua_pushvalue(L, key);
+  lua_concat(L, 3);
+}
+
+/* Names the C functions that are string-keyed fields of the table at
+** t (named by the string at prefix); with depth 1, those one table
+** further down instead (class methods: threading.Lock.acquire). */
+static void cname_scan(lua_State *L, int map, int t, int prefix, int depth) {
+  luaL_checkstack(L, 8, "pickle");
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    int v = lua_gettop(L);
+    if (lua_type(L, v - 1) == LUA_TSTRING) {
+      if (depth == 0 && lua_iscfunction(L, v)) {
+        push_path(L, prefix, v - 1);
+        cname_add(L, map, v);
+      } else if (depth > 0 && lua_istable(L, v)) {
+        push_path(L, prefix, v - 1);
+        cname_scan(L, map, v, v + 1, depth - 1);
+      }
+    }
+    lua_settop(L, v - 1);
+  }
+}
+
+/* Builds the map into a fresh table (weak keys) and stores it: module
+** fields first, so that the shortest name wins. */
+static void cname_build(lua_State *L) {
+  luaL_checkstack(L, 12, "pickle");
+  lua_newtable(L);
+  int map = lua_gettop(L);
+  lua_newtable(L);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, map);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  int loaded = map + 1;
+  for (int depth = 0; depth <= 1; depth++) {
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {
+      int mod = lua_gettop(L);
+      if (lua_type(L, mod - 1) == LUA_TSTRING) {
+        if (depth == 0 && lua_iscfunction(L, mod)) {
+          lua_pushvalue(L, mod - 1);
+          cname_add(L, map, mod);
+        } else if (lua_istable(L, mod)) {
+          cname_scan(L, map, mod, mod - 1, depth);
+        }
+      }
+      lua_settop(L, mod - 1);
+    }
+  }
+  lua_pop(L, 1);   /* loaded */
+  lua_setfield(L, LUA_REGISTRYINDEX, CNAMES_KEY);
+}
+
+static int cname_get(lua_State *L, int f) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CNAMES_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return 0;
+  }
+  lua_pushvalue(L, f);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return lua_type(L, -1) == LUA_TSTRING;
+}
+
+static int cname_lookup(lua_State *L, int f) {
+  f = lua_absindex(L, f);
+  if (cname_get(L, f)) return 1;
+  lua_pop(L, 1);
+  cname_build(L);
+  return cname_get(L, f);
+}
+
+/* ------------------------------------------------------------ loads */
+
+typedef struct pk_dec {
+  lua_State *L;
+  const unsigned char *p, *end;
+  int memo;            /* slot: memo index -> object */
+  int upmemo;          /* slot: upvalue index k -> [2k-1] func memo index, [2k] n */
+  int by_name;         /* slot: the prelude's by_name (or false) */
+  lua_Integer nmemo, nupv;
+  int depth;
+  int code;            /* the MAC verified: code may be loaded */
+} pk_dec;
+
+static void ensure_classes(lua_State *L) {
+  if (!mt_push_class(L, "pickle.UnpicklingError")) {
+    lua_pop(L, 1);
+    luaL_requiref(L, "pickle", luaopen_mt_pickle, 0);
+  }
+  lua_pop(L, 1);
+}
+
+static int dec_error(pk_dec *d, const char *fmt, ...) {
+  lua_State *L = d->L;
+  va_list ap;
+  va_start(ap, fmt);
+  const char *msg = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  ensure_classes(L);
+  return mt_raise(L, "pickle.UnpicklingError", "pickle.loads: %s", msg);
+}
+
+static int r_byte(pk_dec *d) {
+  if (d->p >= d->end) dec_error(d, "truncated data");
+  return *d->p++;
+}
+
+static uint64_t r_varint(pk_dec *d) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    int c = r_byte(d);
+    if (shift == 63 && c > 1) break;
+    v |= (uint64_t)(c & 0x7f) << shift;
+    if (!(c & 0x80)) return v;
+  }
+  dec_error(d, "integer field too long");
+  return 0;
+}
+
+static const unsigned char *r_bytes(pk_dec *d, uint64_t n) {
+  if (n > (uint64_t)(d->end - d->p)) dec_error(d, "truncated data");
+  const unsigned char *s = d->p;
+  d->p += n;
+  return s;
+}
+
+static size_t remaining(pk_dec *d) { return (size_t)(d->end - d->p); }
+
+static void dec_value(pk_dec *d);
+
+static void dec_enter(pk_dec *d) {
+  if (++d->depth > PK_MAXDEPTH) dec_error(d, "nesting deeper than %d levels", PK_MAXDEPTH);
+  luaL_checkstack(d->L, 8, "pickle.loads");
+}
+
+static void dec_memo_add(pk_dec *d, int idx) {
+  lua_State *L = d->L;
+  if (lua_isnil(L, d->memo)) {
+    lua_newtable(L);
+    lua_replace(L, d->memo);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, d->memo, ++d->nmemo);
+}
+
+static void need_code(pk_dec *d, const char *what) {
+  if (!d->code) dec_error(d, "%s in a pickle without a MAC", what);
+}
+
+/* Pushes the receiver's class named by the next name field. */
+static void dec_class(pk_dec *d) {
+  lua_State *L = d->L;
+  uint64_t len = r_varint(d);
+  const char *name = (const char *)r_bytes(d, len);
+  if (lua_isnil(L, d->by_name)) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "mtlua.prelude") != LUA_TTABLE ||
+        lua_getfield(L, -1, "by_name") != LUA_TTABLE) {
+      lua_settop(L, lua_gettop(L) - (lua_istable(L, -1) ? 2 : 1));
+      lua_pushboolean(L, 0);
+    } else {
+      lua_remove(L, -2);
+    }
+    lua_replace(L, d->by_name);
+  }
+  lua_pushlstring(L, name, (size_t)len);
+  if (!lua_istable(L, d->by_name) || lua_rawget(L, d->by_name) != LUA_TTABLE) {
+    lua_pushlstring(L, name, (size_t)len);
+    dec_error(d, "unknown class '%s' (not defined in this process)", lua_tostring(L, -1));
+  }
+}
+
+/* The table body; 'cls' is the slot of an instance's class (0: none).
+** Leaves the table on the stack. */
+static void dec_body(pk_dec *d, int cls) {
+  lua_State *L = d->L;
+  uint64_t narr = r_varint(d), nhash = r_varint(d);
+  /* every element takes at least one byte of input: no huge allocation */
+  if (narr > remaining(d) || nhash > remaining(d) / 2 || narr > INT_MAX || nhash > INT_MAX)
+    dec_error(d, "table size larger than the data");
+  lua_createtable(L, (int)narr, (int)nhash);
+  int t = lua_gettop(L);
+  dec_memo_add(d, t);
+  if (cls) {
+    lua_pushvalue(L, cls);
+    lua_setmetatable(L, t);
+  }
+  for (uint64_t i = 1; i <= narr; i++) {
+    dec_value(d);
+    lua_rawseti(L, t, (lua_Integer)i);
+  }
+  for (uint64_t i = 0; i < nhash; i++) {
+    dec_value(d);
+    int kt = lua_type(L, -1);
+    if (kt == LUA_TNIL || (kt == LUA_TNUMBER && !lua_isinteger(L, -1) && isnan(lua_tonumber(L, -1))))
+      dec_error(d, "invalid table key (%s)", kt == LUA_TNIL ? "nil" : "NaN");
+    dec_value(d);
+    lua_rawset(L, t);
+  }
+}
+
+static void dec_table(pk_dec *d, int tag) {
+  lua_State *L = d->L;
+  dec_enter(d);
+  if (tag == T_INST) {
+    dec_class(d);
+    int cls = lua_gettop(L);
+    dec_body(d, cls);
+    lua_remove(L, cls);
+  } else {
+    dec_body(d, 0);
+    if (tag == T_MTABLE) {
+      dec_value(d);
+      if (!lua_istable(L, -1)) dec_error(d, "metatable is not a table");
+#ifdef PK_FUZZ   /* the harness must never run fuzzed bytecode */
+      if (lua_getfield(L, -1, "__gc") == LUA_TFUNCTION) dec_error(d, "fuzzing: no __gc");
+      lua_pop(L, 1);
+#endif
+      lua_setmetatable(L, -2);
+    }
+  }
+  d->depth--;
+}
+
+typedef struct pk_blob { const char *s; size_t n; } pk_blob;
+
+static const char *blob_reader(lua_State *L, void *ud, size_t *size) {
+  pk_blob *b = (pk_blob *)ud;
+  *size = b->n;
+  b->n = 0;
+  return *size ? b->s : NULL;
+}
+
+static void dec_upvalues(pk_dec *d, int f, lua_Integer fmemo) {
+  lua_State *L = d->L;
+  lua_Debug ar;
+  uint64_t nups = r_varint(d);
+  lua_pushvalue(L, f);
+  lua_getinfo(L, ">u", &ar);
+  if (nups != ar.nups) dec_error(d, "upvalue count does not match the bytecode");
+  for (int i = 1; i <= ar.nups; i++) {
+    int kind = r_byte(d);
+    if (lua_isnil(L, d->upmemo)) {
+      lua_newtable(L);
+      lua_replace(L, d->upmemo);
+    }
+    if (kind == 0) {   /* a new upvalue: remember where it lives */
+      d->nupv++;
+      lua_pushinteger(L, fmemo);
+      lua_rawseti(L, d->upmemo, 2 * d->nupv - 1);
+      lua_pushinteger(L, i);
+      lua_rawseti(L, d->upmemo, 2 * d->nupv);
+      dec_value(d);
+      lua_setupvalue(L, f, i);
+    } else if (kind == 1) {   /* shared with an earlier closure */
+      uint64_t k = r_varint(d);
+      if (k < 1 || k > (uint64_t)d->nupv) dec_error(d, "bad upvalue reference");
+      lua_rawgeti(L, d->upmemo, 2 * (lua_Integer)k - 1);
+      lua_rawgeti(L, d->memo, lua_tointeger(L, -1));
+      lua_rawgeti(L, d->upmemo, 2 * (lua_Integer)k);
+      int n = (int)lua_tointeger(L, -1);
+      lua_pop(L, 1);
+      lua_upvaluejoin(L, f, i, -1, n);
+      lua_pop(L, 2);
+    } else {
+      dec_error(d, "bad upvalue kind %d", kind);
+    }
+  }
+}
+
+static void dec_lfunction(pk_dec *d) {
+  lua_State *L = d->L;
+  need_code(d, "a function");
+  dec_enter(d);
+  uint64_t len = r_varint(d);
+  pk_blob blob;
+  blob.s = (const char *)r_bytes(d, len);
+  blob.n = (size_t)len;
+  if (lua_load(L, blob_reader, &blob, "=pickle", "b") != LUA_OK)
+    dec_error(d, "bad bytecode: %s", lua_tostring(L, -1));
+  int f = lua_gettop(L);
+  dec_memo_add(d, f);
+  dec_upvalues(d, f, d->nmemo);
+  d->depth--;
+}
+
+/* Pushes the C function named "module\0field[\0field]" (the receiver
+** requires the module when it is not loaded yet). */
+static void dec_cfunction(pk_dec *d) {
+  lua_State *L = d->L;
+  need_code(d, "a C function");
+  uint64_t len = r_varint(d);
+  const char *name = (const char *)r_bytes(d, len);
+  const char *part[3];
+  size_t plen[3];
+  int n = 0;
+  const char *s = name, *end = name + len;
+  while (n < 3) {
+    const char *z = memchr(s, '\0', (size_t)(end - s));
+    part[n] = s;
+    plen[n] = (size_t)((z ? z : end) - s);
+    if (plen[n] == 0) break;
+    n++;
+    if (!z) break;
+    s = z + 1;
+  }
+  if (n == 0 || (size_t)(part[n - 1] + plen[n - 1] - name) != len)
+    dec_error(d, "bad C function name");
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, part[0], plen[0]);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "require") != LUA_TFUNCTION)
+      dec_error(d, "module of a C function is not loaded");
+    lua_pushlstring(L, part[0], plen[0]);
+    lua_call(L, 1, 1);
+  }
+  lua_remove(L, -2);
+  for (int i = 1; i < n; i++) {
+    if (!lua_istable(L, -1)) dec_error(d, "C function not found");
+    lua_pushlstring(L, part[i], plen[i]);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+  }
+  if (!lua_iscfunction(L, -1)) {
+    lua_pushlstring(L, name, (size_t)len);
+    luaL_gsub(L, lua_tostring(L, -1), "\0", ".");
+    dec_error(d, "no C function named '%s' here", lua_tostring(L, -1));
+  }
+}
+
+#ifdef PK_FUZZ
+static int fuzz_reduce_sink(lua_State *L) {
+  lua_pushinteger(L, lua_gettop(L));
+  return 1;
+}
+#endif
+
+/* func(table.unpack(args, 1, args.n or #args)) */
+static void dec_reduce(pk_dec *d) {
+  lua_State *L = d->L;
+  need_code(d, "a __reduce__ call");
+  dec_enter(d);
+  dec_value(d);
+  dec_value(d);
+  int args = lua_gettop(L);
+  if (!lua_istable(L, args)) dec_error(d, "__reduce__ arguments are not a table");
+  lua_Integer n;
+  if (lua_getfield(L, args, "n") == LUA_TNUMBER && lua_isinteger(L, -1)) n = lua_tointeger(L, -1);
+  else n = (lua_Integer)lua_rawlen(L, args);
+  lua_pop(L, 1);
+  if (n < 0 || n > PK_MAXARGS) dec_error(d, "bad __reduce__ argument count");
+  luaL_checkstack(L, (int)n + 4, "pickle.loads");
+#ifdef PK_FUZZ
+  lua_pushcfunction(L, fuzz_reduce_sink);
+  lua_replace(L, args - 1);
+#endif
+  lua_pushvalue(L, args - 1);
+  for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, args, i);
+  lua_call(L, (int)n, 1);
+  lua_replace(L, args - 1);
+  lua_settop(L, args - 1);
+  dec_memo_add(d, args - 1);
+  d->depth--;
+}
+
+static void dec_value(pk_dec *d) {
+  lua_State *L = d->L;
+  int tag = r_byte(d);
+  if (tag >= T_SINT) { lua_pushinteger(L, tag & 0x7f); return; }
+  if (tag >= T_SSTR && tag < T_SSTR + 32) {
+    size_t len = (size_t)(tag - T_SSTR);
+    lua_pushlstring(L, (const char *)r_bytes(d, len), len);
+    return;
+  }
+  switch (tag) {
+    case T_NIL: lua_pushnil(L); return;
+    case T_FALSE: lua_pushboolean(L, 0); return;
+    case T_TRUE: lua_pushboolean(L, 1); return;
+    case T_INT: {
+      uint64_t zz = r_varint(d);
+      uint64_t u = (zz >> 1) ^ (~(zz & 1) + 1);
+      lua_pushinteger(L, (lua_Integer)u);
+      return;
+    }
+    case T_FLOAT: {
+      uint64_t bits = get64le(r_bytes(d, 8));
+      double x;
+      memcpy(&x, &bits, sizeof x);
+      lua_pushnumber(L, (lua_Number)x);
+      return;
+    }
+    case T_STR: {
+      uint64_t len = r_varint(d);
+      const char *s = (const char *)r_bytes(d, len);
+      lua_pushlstring(L, s, (size_t)len);
+      return;
+    }
+    case T_TABLE: case T_MTABLE: case T_INST: dec_table(d, tag); return;
+    case T_CLASS: dec_class(d); return;
+    case T_REF: {
+      uint64_t k = r_varint(d);
+      if (k < 1 || k > (uint64_t)d->nmemo) dec_error(d, "bad reference %d", (int)(k > INT_MAX ? -1 : (int)k));
+      lua_rawgeti(L, d->memo, (lua_Integer)k);
+      return;
+    }
+    case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); return;
+    case T_LFUNC: dec_lfunction(d); return;
+    case T_CFUNC: dec_cfunction(d); return;
+    case T_REDUCE: dec_reduce(d); return;
+    default: dec_error(d, "invalid tag 0x%02x", (unsigned)tag);
+  }
+}
+
+void pk_loads(lua_State *L, const char *s, size_t len) {
+  const unsigned char *u = (const unsigned char *)s;
+  luaL_checkstack(L, 16, "pickle.loads");
+  int base = lua_gettop(L) + 1;
+  pk_dec d;
+  d.L = L;
+  lua_pushnil(L); d.memo = base;
+  lua_pushnil(L); d.upmemo = base + 1;
+  lua_pushnil(L); d.by_name = base + 2;
+  d.nmemo = d.nupv = 0;
+  d.depth = 0;
+  d.p = u + 1;
+  d.end = u + len;
+  if (len == 0) dec_error(&d, "empty data");
+  if (u[0] == PK_MAGIC_CODE) {
+    if (len < 2 + PK_MACLEN) dec_error(&d, "truncated data");
+    d.end -= PK_MACLEN;
+    if (!mac_ok(u, len - PK_MACLEN))
+      dec_error(&d, "MAC check failed (code pickled by another process tree, or damaged)");
+    d.code = 1;
+  } else if (u[0] == PK_MAGIC_DATA) {
+    d.code = 0;
+  } else {
+    dec_error(&d, "not a pickle (unknown version byte 0x%02x)", (unsigned)u[0]);
+  }
+  dec_value(&d);
+  if (d.p != d.end) dec_error(&d, "%d trailing bytes after the pickle", (int)(d.end - d.p));
+  lua_replace(L, base);
+  lua_settop(L, base);
+}
+
+/* ------------------------------------------------------- the module */
+
+static int l_dumps(lua_State *L) {
+  if (lua_gettop(L) < 1)
+    return mt_raise(L, "TypeError", "pickle.dumps() missing required argument 'obj'");
+  pk_dumps(L, 1);
+  return 1;
+}
+
+static int l_loads(lua_State *L) {
+  size_t len;
+  if (lua_type(L, 1) != LUA_TSTRING)
+    return mt_argtype_error(L, 1, "pickle.loads", "data", "a string");
+  const char *s = lua_tolstring(L, 1, &len);
+  pk_loads(L, s, len);
+  return 1;
+}
+
+/* Makes class 'name', a subclass of the class at base, registered as
+** pickle.<name>, and stores it in the module at m. */
+static void new_error_class(lua_State *L, int m, const char *name, int base) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "mtlua.class");
+  lua_pushstring(L, name);
+  lua_pushvalue(L, base);
+  lua_call(L, 2, 1);
+  lua_pushfstring(L, "pickle.%s", name);
+  mt_register_class(L, lua_tostring(L, -1), -2);
+  lua_pop(L, 1);
+  lua_setfield(L, m, name);
+}
+
+int luaopen_mt_pickle(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"dumps", l_dumps},
+    {"loads", l_loads},
+    {NULL, NULL}
+  };
+  luaL_newlib(L, funcs);
+  int m = lua_gettop(L);
+  mt_push_class(L, "Exception");
+  new_error_class(L, m, "PickleError", m + 1);
+  lua_getfield(L, m, "PickleError");
+  new_error_class(L, m, "PicklingError", m + 2);
+  new_error_class(L, m, "UnpicklingError", m + 2);
+  lua_settop(L, m);
+  lua_pushinteger(L, PK_MAXDEPTH);
+  lua_setfield(L, m, "MAX_DEPTH");
+  return 1;
+}
