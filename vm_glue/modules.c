@@ -9,6 +9,7 @@ const luaL_Reg mt_c_modules[] = {
   {"pickle", luaopen_mt_pickle},
   {"socket", luaopen_mt_socket},
   {"queue", luaopen_mt_queue},
+  {"_pool", luaopen_mt_pool},
   {"_multiprocessing", luaopen_mt_multiprocessing},
   {"_shm", luaopen_mt_shm},
   {NULL, NULL}

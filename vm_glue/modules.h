@@ -17,6 +17,7 @@ int luaopen_mt_time(lua_State *L);        /* lua_bindings/time.c */
 int luaopen_mt_pickle(lua_State *L);      /* lua_bindings/pickle.c */
 int luaopen_mt_socket(lua_State *L);      /* lua_bindings/socket.c */
 int luaopen_mt_queue(lua_State *L);       /* lua_bindings/queue.c */
+int luaopen_mt_pool(lua_State *L);        /* lua_bindings/pool.c */
 int luaopen_mt_os(lua_State *L);          /* lua_bindings/os.c */
 int luaopen_mt_io(lua_State *L);          /* lua_bindings/io.c */
 int luaopen_mt_coroutine(lua_State *L);   /* lua_bindings/coroutine.c */

@@ -1,0 +1,938 @@
+/*
+** pool.c -- the C part of `pool` (module "_pool"): forking pool workers,
+** the framing of task and result messages, and the pool's I/O thread.
+** The rest (Pool, ThreadPool, AsyncResult, the worker's task loop) is
+** lib/pool.lua.
+**
+** Each worker has its own socketpair with the parent.  The parent gives
+** a task to one worker at a time and remembers, per worker, the tasks
+** it sent in order: results come back in that order, so when a worker's
+** socket reaches end of file (the worker died), the oldest task without
+** a result is exactly the one it was running.  That task fails with
+** WorkerLostError; the tasks queued behind it were never started and go
+** back to the pending queue.  This is how the pool never hangs.
+**
+** The I/O thread is plain C: it never touches Lua, so tasks flow to the
+** workers and results flow back while Lua threads hold the GIL.  It
+** keeps few tasks in flight per worker (one while tasks are long, up to
+** 128 while they take microseconds), which balances the load and keeps
+** the workers busy.  Lua takes finished results with core:wait(), which
+** blocks with the GIL released.
+**
+** Frames (host byte order, same machine):
+**   parent -> worker:  u32 len, u64 job, payload          (len = 8 + #payload)
+**   worker -> parent:  u32 len, u64 job, u8 ok, payload   (len = 9 + #payload)
+*/
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+
+#include "mt_core.h"
+
+#define PL_HDR_TASK 12
+#define PL_HDR_RESULT 13
+#define PL_MAXFRAME 0x7fffff00u
+#define PL_MAXIOV 64
+
+/* ------------------------------------------------------------ frames */
+
+typedef struct pl_frame {
+  struct pl_frame *next;
+  uint64_t job;
+  size_t len, sent;         /* the whole frame, and how much is written */
+  char data[];
+} pl_frame;
+
+typedef struct pl_fifo {
+  pl_frame *head, *tail;
+  size_t count;
+} pl_fifo;
+
+static void fifo_push(pl_fifo *q, pl_frame *f) {
+  f->next = NULL;
+  if (q->tail) q->tail->next = f;
+  else q->head = f;
+  q->tail = f;
+  q->count++;
+}
+
+static pl_frame *fifo_pop(pl_fifo *q) {
+  pl_frame *f = q->head;
+  if (f == NULL) return NULL;
+  q->head = f->next;
+  if (q->head == NULL) q->tail = NULL;
+  q->count--;
+  f->next = NULL;
+  return f;
+}
+
+/* Puts the whole of 'from' in front of 'to', keeping its order. */
+static void fifo_prepend(pl_fifo *to, pl_fifo *from) {
+  if (from->head == NULL) return;
+  from->tail->next = to->head;
+  if (to->tail == NULL) to->tail = from->tail;
+  to->head = from->head;
+  to->count += from->count;
+  from->head = from->tail = NULL;
+  from->count = 0;
+}
+
+static void fifo_free(pl_fifo *q) {
+  pl_frame *f;
+  while ((f = fifo_pop(q)) != NULL) free(f);
+}
+
+/* ------------------------------------------------------------ events */
+
+enum { EV_RESULT = 1, EV_LOST = 2, EV_EXITED = 3, EV_CANCELLED = 4 };
+
+typedef struct pl_event {
+  struct pl_event *next;
+  int kind;
+  int ok;                   /* RESULT: success; LOST/EXITED: respawn wanted */
+  int slot;
+  uint64_t job;             /* 0 for LOST/EXITED with no task lost */
+  size_t len;
+  char data[];              /* RESULT: the payload; LOST/EXITED: a message */
+} pl_event;
+
+/* ----------------------------------------------------------- workers */
+
+enum { W_EMPTY, W_LIVE, W_RESPAWN, W_DEAD };
+
+typedef struct pl_worker {
+  int state;
+  pid_t pid;
+  int fd;                   /* the parent's end, non-blocking; -1: closed */
+  int shut;                 /* its write side shut: it gets no more tasks */
+  pl_fifo inflight;         /* sent (or being sent), oldest first */
+  pl_frame *unsent;         /* first frame of inflight not fully written */
+  long given;               /* tasks given during its life */
+  long done;                /* results received during its life */
+  double service;           /* estimated seconds per task; < 0: unknown */
+  double mark;              /* when its current task began, roughly */
+  char *ibuf;
+  size_t ilen, icap;
+} pl_worker;
+
+typedef struct pl_core {
+  pthread_mutex_t mu;
+  pthread_cond_t cond;      /* an event arrived, or the I/O thread ended */
+  int refs;                 /* the userdata, the I/O thread, waiters */
+  int efd;                  /* eventfd that wakes the I/O thread */
+  int poked;
+  int closing, terminating, finished, started;
+  pid_t owner;              /* the process that made the pool */
+  long maxtasks;            /* per worker; 0: unlimited */
+  int nworkers;
+  pl_worker *w;
+  pl_fifo pending;
+  pl_event *ev_head, *ev_tail;
+} pl_core;
+
+static const char CORE_MT[] = "mtlua.pool_core";
+
+/* Every fd of every pool of this process, so that a new worker closes
+** the ones that are not its own (a worker keeping a sibling's socket
+** open would hide that sibling's death). */
+static pthread_mutex_t fds_mu = PTHREAD_MUTEX_INITIALIZER;
+static int *fds_list;
+static int fds_count, fds_cap;
+
+static void fds_add(int fd) {
+  pthread_mutex_lock(&fds_mu);
+  if (fds_count == fds_cap) {
+    int cap = fds_cap ? fds_cap * 2 : 32;
+    int *p = realloc(fds_list, (size_t)cap * sizeof *p);
+    if (p == NULL) { pthread_mutex_unlock(&fds_mu); return; }
+    fds_list = p;
+    fds_cap = cap;
+  }
+  fds_list[fds_count++] = fd;
+  pthread_mutex_unlock(&fds_mu);
+}
+
+static void fds_remove(int fd) {
+  pthread_mutex_lock(&fds_mu);
+  for (int i = 0; i < fds_count; i++)
+    if (fds_list[i] == fd) { fds_list[i] = fds_list[--fds_count]; break; }
+  pthread_mutex_unlock(&fds_mu);
+}
+
+static void close_fd(int *fd) {
+  if (*fd >= 0) {
+    fds_remove(*fd);
+    close(*fd);
+    *fd = -1;
+  }
+}
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void core_unref(pl_core *c) {
+  pthread_mutex_lock(&c->mu);
+  int last = --c->refs == 0;
+  pthread_mutex_unlock(&c->mu);
+  if (!last) return;
+  for (int i = 0; i < c->nworkers; i++) {
+    fifo_free(&c->w[i].inflight);
+    free(c->w[i].ibuf);
+    close_fd(&c->w[i].fd);
+  }
+  fifo_free(&c->pending);
+  while (c->ev_head) {
+    pl_event *e = c->ev_head;
+    c->ev_head = e->next;
+    free(e);
+  }
+  close_fd(&c->efd);
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cond);
+  free(c->w);
+  free(c);
+}
+
+/* Wakes the I/O thread (c->mu held).  One write until it has looked. */
+static void core_poke(pl_core *c) {
+  if (c->poked) return;
+  uint64_t one = 1;
+  c->poked = 1;
+  if (write(c->efd, &one, sizeof one) < 0) { /* full counter: awake anyway */ }
+}
+
+static void push_event(pl_core *c, int kind, uint64_t job, int ok, int slot,
+                       const char *data, size_t len) {
+  pl_event *e = malloc(sizeof *e + len);
+  if (e == NULL) return;   /* out of memory: the waiter will see a lost job */
+  e->next = NULL;
+  e->kind = kind;
+  e->job = job;
+  e->ok = ok;
+  e->slot = slot;
+  e->len = len;
+  if (len) memcpy(e->data, data, len);
+  if (c->ev_tail) c->ev_tail->next = e;
+  else c->ev_head = e;
+  c->ev_tail = e;
+}
+
+static void cancel_fifo(pl_core *c, pl_fifo *q) {
+  pl_frame *f;
+  while ((f = fifo_pop(q)) != NULL) {
+    push_event(c, EV_CANCELLED, f->job, 0, -1, NULL, 0);
+    free(f);
+  }
+}
+
+/* ------------------------------------------------------ the I/O thread */
+
+/* How many tasks a worker may hold: one while its tasks are long (the
+** load stays balanced and a lost worker fails one task), more while
+** they are short, so that it never waits for the parent. */
+static size_t worker_limit(const pl_worker *w) {
+  if (w->service < 0) return 1;
+  if (w->service < 20e-6) return 128;
+  if (w->service < 200e-6) return 32;
+  if (w->service < 2e-3) return 8;
+  if (w->service < 20e-3) return 2;
+  return 1;
+}
+
+static int worker_room(pl_core *c, pl_worker *w) {
+  if (w->state != W_LIVE || w->shut) return 0;
+  if (c->maxtasks > 0 && w->given >= c->maxtasks) return 0;
+  return w->inflight.count < worker_limit(w);
+}
+
+static void io_write(pl_core *c, pl_worker *w) {
+  while (w->unsent != NULL && w->fd >= 0) {
+    struct iovec iov[PL_MAXIOV];
+    int n = 0;
+    for (pl_frame *f = w->unsent; f != NULL && n < PL_MAXIOV; f = f->next, n++) {
+      iov[n].iov_base = f->data + f->sent;
+      iov[n].iov_len = f->len - f->sent;
+    }
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)n;
+    ssize_t r = sendmsg(w->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return;   /* EAGAIN: poll says when; EPIPE: end of file is coming */
+    }
+    size_t left = (size_t)r;
+    while (left > 0 && w->unsent != NULL) {
+      pl_frame *f = w->unsent;
+      size_t rest = f->len - f->sent;
+      if (left >= rest) { f->sent = f->len; left -= rest; w->unsent = f->next; }
+      else { f->sent += left; left = 0; }
+    }
+  }
+  (void)c;
+}
+
+/* Hands pending tasks to the workers with room, the least loaded
+** first, then writes what it can without waiting. */
+static void io_dispatch(pl_core *c) {
+  while (c->pending.head != NULL) {
+    pl_worker *best = NULL;
+    for (int i = 0; i < c->nworkers; i++) {
+      pl_worker *w = &c->w[i];
+      if (worker_room(c, w) && (best == NULL || w->inflight.count < best->inflight.count))
+        best = w;
+    }
+    if (best == NULL) break;
+    pl_frame *f = fifo_pop(&c->pending);
+    if (best->inflight.count == 0) best->mark = now();
+    fifo_push(&best->inflight, f);
+    if (best->unsent == NULL) best->unsent = f;
+    best->given++;
+  }
+  for (int i = 0; i < c->nworkers; i++)
+    if (c->w[i].unsent != NULL) io_write(c, &c->w[i]);
+}
+
+/* Once closing and nothing is left to give, idle workers are told
+** (end of file on their socket) to finish. */
+static void io_shutdowns(pl_core *c) {
+  if (!c->closing || c->pending.head != NULL) return;
+  for (int i = 0; i < c->nworkers; i++) {
+    pl_worker *w = &c->w[i];
+    if (w->state == W_LIVE && !w->shut && w->inflight.count == 0 && w->fd >= 0) {
+      shutdown(w->fd, SHUT_WR);
+      w->shut = 1;
+    }
+  }
+}
+
+static void describe_status(char *buf, size_t size, pid_t pid, int st, int known) {
+  if (!known)
+    snprintf(buf, size, "Worker %ld died (its exit status is unknown)", (long)pid);
+  else if (WIFSIGNALED(st))
+    snprintf(buf, size, "Worker %ld died: killed by signal %d (%s)", (long)pid,
+             WTERMSIG(st), strsignal(WTERMSIG(st)));
+  else
+    snprintf(buf, size, "Worker %ld died: exit code %d", (long)pid,
+             WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/* End of file on a worker's socket: it exited or died.  Reaps it; its
+** running task (the oldest fully sent one without a result) is lost,
+** the rest go back to the pending queue. */
+static void io_worker_gone(pl_core *c, int slot) {
+  pl_worker *w = &c->w[slot];
+  pid_t pid = w->pid;
+  int st = 0, known;
+  close_fd(&w->fd);
+  pthread_mutex_unlock(&c->mu);
+  pid_t r;
+  do r = waitpid(pid, &st, 0); while (r < 0 && errno == EINTR);
+  known = r == pid;
+  pthread_mutex_lock(&c->mu);
+  char msg[160];
+  describe_status(msg, sizeof msg, pid, st, known);
+  w->ilen = 0;
+  if (c->terminating) {
+    cancel_fifo(c, &w->inflight);
+    w->unsent = NULL;
+    w->state = W_DEAD;
+    return;
+  }
+  uint64_t lost = 0;
+  pl_frame *head = w->inflight.head;
+  if (head != NULL && head != w->unsent) {   /* it had the task: it ran it */
+    lost = head->job;
+    free(fifo_pop(&w->inflight));
+  }
+  for (pl_frame *f = w->inflight.head; f != NULL; f = f->next) f->sent = 0;
+  fifo_prepend(&c->pending, &w->inflight);
+  w->unsent = NULL;
+  int respawn = !(c->closing && c->pending.head == NULL);
+  w->state = respawn ? W_RESPAWN : W_DEAD;
+  int clean = lost == 0 && known && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  push_event(c, clean ? EV_EXITED : EV_LOST, lost, respawn, slot, msg, strlen(msg));
+}
+
+/* Takes the complete result frames out of a worker's input buffer. */
+static int io_parse(pl_core *c, int slot) {
+  pl_worker *w = &c->w[slot];
+  size_t off = 0;
+  while (w->ilen - off >= 4) {
+    uint32_t len;
+    memcpy(&len, w->ibuf + off, 4);
+    if (len < 9 || len > PL_MAXFRAME) return -1;
+    if (w->ilen - off < 4 + (size_t)len) break;
+    uint64_t job;
+    memcpy(&job, w->ibuf + off + 4, 8);
+    pl_frame *head = w->inflight.head;
+    if (head == NULL || head->job != job || head == w->unsent) return -1;
+    free(fifo_pop(&w->inflight));
+    push_event(c, EV_RESULT, job, w->ibuf[off + 12] != 0, slot,
+               w->ibuf + off + PL_HDR_RESULT, len - 9);
+    double t = now(), took = t - w->mark;
+    w->service = w->service < 0 ? took : 0.7 * w->service + 0.3 * took;
+    w->mark = t;
+    w->done++;
+    off += 4 + (size_t)len;
+  }
+  if (off > 0) {
+    memmove(w->ibuf, w->ibuf + off, w->ilen - off);
+    w->ilen -= off;
+  }
+  return 0;
+}
+
+static int grow_ibuf(pl_worker *w) {
+  size_t need = w->ilen + 65536;
+  if (w->ilen >= 4) {   /* room for the whole frame being received */
+    uint32_t len;
+    memcpy(&len, w->ibuf, 4);
+    if (4 + (size_t)len > need) need = 4 + (size_t)len;
+  }
+  if (need <= w->icap) return 0;
+  size_t cap = w->icap ? w->icap : 65536;
+  while (cap < need) cap *= 2;
+  char *p = realloc(w->ibuf, cap);
+  if (p == NULL) return -1;
+  w->ibuf = p;
+  w->icap = cap;
+  return 0;
+}
+
+static void io_read(pl_core *c, int slot) {
+  pl_worker *w = &c->w[slot];
+  for (;;) {
+    if (grow_ibuf(w) < 0) break;
+    ssize_t r = read(w->fd, w->ibuf + w->ilen, w->icap - w->ilen);
+    if (r > 0) {
+      w->ilen += (size_t)r;
+      if (io_parse(c, slot) < 0) break;   /* garbage: treat it as dead */
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    break;   /* end of file or error */
+  }
+  if (w->pid > 0) kill(w->pid, SIGKILL);   /* make sure it is gone */
+  io_worker_gone(c, slot);
+}
+
+static int io_done(pl_core *c) {
+  if (!c->closing && !c->terminating) return 0;
+  for (int i = 0; i < c->nworkers; i++)
+    if (c->w[i].state == W_LIVE || c->w[i].state == W_RESPAWN) return 0;
+  if (c->pending.head != NULL && !c->terminating) return 0;
+  cancel_fifo(c, &c->pending);
+  return 1;
+}
+
+static void *io_main(void *arg) {
+  pl_core *c = arg;
+  struct pollfd *pfd = malloc((size_t)(c->nworkers + 1) * sizeof *pfd);
+  int *slot = malloc((size_t)(c->nworkers + 1) * sizeof *slot);
+  pthread_mutex_lock(&c->mu);
+  while (pfd != NULL && slot != NULL) {
+    io_dispatch(c);
+    io_shutdowns(c);
+    if (c->ev_head) pthread_cond_broadcast(&c->cond);
+    if (io_done(c)) break;
+    int n = 1;
+    pfd[0].fd = c->efd;
+    pfd[0].events = POLLIN;
+    for (int i = 0; i < c->nworkers; i++) {
+      pl_worker *w = &c->w[i];
+      if (w->fd < 0) continue;
+      pfd[n].fd = w->fd;
+      pfd[n].events = POLLIN | (w->unsent ? POLLOUT : 0);
+      slot[n++] = i;
+    }
+    pthread_mutex_unlock(&c->mu);
+    int r = poll(pfd, (nfds_t)n, -1);
+    pthread_mutex_lock(&c->mu);
+    if (r < 0) continue;
+    if (pfd[0].revents & POLLIN) {
+      uint64_t v;
+      if (read(c->efd, &v, sizeof v) < 0) { /* EAGAIN: another read took it */ }
+      c->poked = 0;
+    }
+    for (int k = 1; k < n; k++) {
+      pl_worker *w = &c->w[slot[k]];
+      if (w->fd != pfd[k].fd) continue;   /* replaced meanwhile */
+      if (pfd[k].revents & POLLOUT) io_write(c, w);
+      if (pfd[k].revents & (POLLIN | POLLHUP | POLLERR)) io_read(c, slot[k]);
+    }
+  }
+  c->finished = 1;
+  pthread_cond_broadcast(&c->cond);
+  pthread_mutex_unlock(&c->mu);
+  free(pfd);
+  free(slot);
+  core_unref(c);
+  return NULL;
+}
+
+/* ------------------------------------------------------- Lua: the core */
+
+static pl_core **core_box(lua_State *L) {
+  return (pl_core **)luaL_checkudata(L, 1, CORE_MT);
+}
+
+static pl_core *checkcore(lua_State *L) {
+  pl_core *c = *core_box(L);
+  if (c == NULL) luaL_error(L, "pool core already released");
+  return c;
+}
+
+/* _pool.new(nworkers, maxtasks) -> core.  The I/O thread starts with
+** the first worker. */
+static int core_new(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_Integer maxtasks = luaL_optinteger(L, 2, 0);
+  if (n < 1 || n > 4096) return mt_raise(L, "ValueError", "Number of processes must be at least 1");
+  pl_core **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, CORE_MT);
+  pl_core *c = calloc(1, sizeof *c);
+  if (c == NULL) return luaL_error(L, "not enough memory");
+  c->w = calloc((size_t)n, sizeof *c->w);
+  c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (c->w == NULL || c->efd < 0) {
+    int e = errno;
+    if (c->efd >= 0) close(c->efd);
+    free(c->w);
+    free(c);
+    return mt_raise(L, "OSError", "[Errno %d] pool: %s", e, strerror(e));
+  }
+  fds_add(c->efd);
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cond, NULL);
+  c->refs = 1;
+  c->owner = getpid();
+  c->maxtasks = maxtasks > 0 ? (long)maxtasks : 0;
+  c->nworkers = (int)n;
+  for (int i = 0; i < n; i++) { c->w[i].fd = -1; c->w[i].service = -1; }
+  *box = c;
+  return 1;
+}
+
+static void start_io(lua_State *L, pl_core *c) {
+  pthread_t th;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  c->refs++;
+  int rc = pthread_create(&th, &attr, io_main, c);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    c->refs--;
+    mt_raise(L, "RuntimeError", "can't start the pool's I/O thread");
+  }
+  c->started = 1;
+}
+
+/* In a new worker: nothing of the parent's pools but its own socket. */
+static void child_setup(int keep, pid_t parent) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(1);   /* the parent died before prctl */
+  setpgid(0, 0);                       /* terminate() kills its children too */
+  signal(SIGPIPE, SIG_DFL);
+  for (int i = 0; i < fds_count; i++)  /* no lock: the only thread now */
+    if (fds_list[i] != keep) close(fds_list[i]);
+  fds_count = 0;
+  fds_add(keep);
+}
+
+/* Runs worker_main(fd, ...) in the child; never returns. */
+static void child_run(lua_State *L, int fd, int nargs) {
+  lua_pushcfunction(L, mt_msghandler);
+  lua_pushvalue(L, 3);
+  lua_pushinteger(L, fd);
+  for (int i = 0; i < nargs; i++) lua_pushvalue(L, 4 + i);
+  int status = 0;
+  int base = lua_gettop(L) - nargs - 2;
+  if (lua_pcall(L, nargs + 1, 1, base) != LUA_OK) {
+    mt_format_error(L, -1);
+    fprintf(stderr, "Process PoolWorker-%ld:\n%s\n", (long)getpid(), lua_tostring(L, -1));
+    status = 1;
+  } else if (lua_isinteger(L, -1)) {
+    status = (int)lua_tointeger(L, -1);
+  }
+  fflush(NULL);
+  _exit(status);
+}
+
+static int do_fork(lua_State *L) {
+  lua_pushinteger(L, mt_fork(L));
+  return 1;
+}
+
+/* core:spawn(slot, worker_main, ...) -> pid: forks the worker of that
+** slot; in the child worker_main(fd, ...) runs, then the child exits. */
+static int core_spawn(lua_State *L) {
+  pl_core *c = checkcore(L);
+  lua_Integer slot = luaL_checkinteger(L, 2) - 1;
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int nargs = lua_gettop(L) - 3;
+  if (slot < 0 || slot >= c->nworkers) return luaL_argerror(L, 2, "no such worker slot");
+  pthread_mutex_lock(&c->mu);
+  int state = c->w[slot].state, stopping = c->terminating;
+  pthread_mutex_unlock(&c->mu);
+  if (state == W_LIVE) return luaL_error(L, "worker slot %d is in use", (int)slot + 1);
+  if (stopping) return mt_raise(L, "ValueError", "Pool not running");
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+    return mt_raise(L, "OSError", "[Errno %d] socketpair: %s", errno, strerror(errno));
+  fds_add(sv[0]);
+  fds_add(sv[1]);
+  pid_t parent = getpid();
+  lua_pushcfunction(L, do_fork);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {   /* no fd may leak */
+    close_fd(&sv[0]);
+    close_fd(&sv[1]);
+    return lua_error(L);
+  }
+  pid_t pid = (pid_t)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (pid == 0) {
+    child_setup(sv[1], parent);
+    child_run(L, sv[1], nargs);
+  }
+  close_fd(&sv[1]);
+  setpgid(pid, pid);
+  fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+  pthread_mutex_lock(&c->mu);
+  pl_worker *w = &c->w[slot];
+  w->state = W_LIVE;
+  w->pid = pid;
+  w->fd = sv[0];
+  w->shut = 0;
+  w->given = w->done = 0;
+  w->ilen = 0;
+  w->unsent = NULL;
+  core_poke(c);
+  pthread_mutex_unlock(&c->mu);
+  if (!c->started) start_io(L, c);
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
+/* core:submit(job, payload): queues a task for the I/O thread. */
+static int core_submit(lua_State *L) {
+  pl_core *c = checkcore(L);
+  lua_Integer job = luaL_checkinteger(L, 2);
+  size_t len;
+  const char *payload = luaL_checklstring(L, 3, &len);
+  if (len > PL_MAXFRAME - 16) return mt_raise(L, "ValueError", "pool: task of %d bytes is too large", (int)len);
+  pl_frame *f = malloc(sizeof *f + PL_HDR_TASK + len);
+  if (f == NULL) return luaL_error(L, "not enough memory");
+  uint32_t flen = (uint32_t)(8 + len);
+  uint64_t j = (uint64_t)job;
+  f->job = j;
+  f->len = PL_HDR_TASK + len;
+  f->sent = 0;
+  memcpy(f->data, &flen, 4);
+  memcpy(f->data + 4, &j, 8);
+  memcpy(f->data + PL_HDR_TASK, payload, len);
+  pthread_mutex_lock(&c->mu);
+  if (c->terminating || c->finished) {
+    pthread_mutex_unlock(&c->mu);
+    free(f);
+    return mt_raise(L, "ValueError", "Pool not running");
+  }
+  fifo_push(&c->pending, f);
+  core_poke(c);
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
+/* core:wait(timeout?) -> events | nil: blocks (GIL released) until the
+** I/O thread has news; nil once it ended and every event was taken.
+** Events come flat, five values each: kind, job, ok (RESULT) or slot,
+** data (RESULT: the payload; LOST/EXITED: a message), respawn wanted. */
+static int core_wait(lua_State *L) {
+  pl_core *c = checkcore(L);
+  double timeout = luaL_optnumber(L, 2, -1);
+  pl_event *list;
+  int finished;
+  pthread_mutex_lock(&c->mu);
+  if (c->ev_head == NULL && !c->finished && timeout != 0) {
+    c->refs++;
+    pthread_mutex_unlock(&c->mu);
+    mt_blocking_begin(L);   /* the GIL before c->mu, never the reverse */
+    pthread_mutex_lock(&c->mu);
+    if (timeout < 0) {
+      while (c->ev_head == NULL && !c->finished) pthread_cond_wait(&c->cond, &c->mu);
+    } else {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      double t = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + timeout;
+      ts.tv_sec = (time_t)t;
+      ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+      while (c->ev_head == NULL && !c->finished)
+        if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) break;
+    }
+    c->refs--;
+    list = c->ev_head;
+    c->ev_head = c->ev_tail = NULL;
+    finished = c->finished;
+    pthread_mutex_unlock(&c->mu);
+    mt_blocking_end(L);
+  } else {
+    list = c->ev_head;
+    c->ev_head = c->ev_tail = NULL;
+    finished = c->finished;
+    pthread_mutex_unlock(&c->mu);
+  }
+  if (list == NULL && finished) { lua_pushnil(L); return 1; }
+  lua_createtable(L, 64, 0);
+  lua_Integer i = 0;
+  while (list != NULL) {
+    pl_event *e = list;
+    list = e->next;
+    lua_pushinteger(L, e->kind);
+    lua_rawseti(L, -2, ++i);
+    lua_pushinteger(L, (lua_Integer)e->job);
+    lua_rawseti(L, -2, ++i);
+    if (e->kind == EV_RESULT) lua_pushboolean(L, e->ok);
+    else lua_pushinteger(L, e->slot + 1);
+    lua_rawseti(L, -2, ++i);
+    if (e->kind == EV_CANCELLED) lua_pushboolean(L, 0);
+    else lua_pushlstring(L, e->data, e->len);
+    lua_rawseti(L, -2, ++i);
+    lua_pushboolean(L, e->kind != EV_RESULT && e->ok);   /* respawn wanted */
+    lua_rawseti(L, -2, ++i);
+    free(e);
+  }
+  lua_pushinteger(L, i);
+  lua_setfield(L, -2, "n");
+  return 1;
+}
+
+/* core:close(): no more tasks; workers finish what is queued, then exit. */
+static int core_close(lua_State *L) {
+  pl_core *c = checkcore(L);
+  pthread_mutex_lock(&c->mu);
+  c->closing = 1;
+  core_poke(c);
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
+/* Kills every worker and its children (each worker leads a process
+** group); the I/O thread reaps them and cancels every task left. */
+static void core_kill_all(pl_core *c) {
+  pthread_mutex_lock(&c->mu);
+  c->terminating = 1;
+  for (int i = 0; i < c->nworkers; i++) {
+    pl_worker *w = &c->w[i];
+    if (w->state == W_LIVE && w->pid > 0) {
+      kill(-w->pid, SIGKILL);
+      kill(w->pid, SIGKILL);
+    }
+    if (w->state == W_RESPAWN) w->state = W_DEAD;
+  }
+  cancel_fifo(c, &c->pending);
+  if (c->started) core_poke(c);
+  else c->finished = 1;   /* no I/O thread: nothing else will end it */
+  pthread_cond_broadcast(&c->cond);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static int core_terminate(lua_State *L) {
+  core_kill_all(checkcore(L));
+  return 0;
+}
+
+/* Gives a slot up (its worker could not be replaced). */
+static int core_abandon(lua_State *L) {
+  pl_core *c = checkcore(L);
+  lua_Integer slot = luaL_checkinteger(L, 2) - 1;
+  luaL_argcheck(L, slot >= 0 && slot < c->nworkers, 2, "no such worker slot");
+  pthread_mutex_lock(&c->mu);
+  if (c->w[slot].state == W_RESPAWN) c->w[slot].state = W_DEAD;
+  core_poke(c);
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
+/* core:pids() -> array of the live workers' pids */
+static int core_pids(lua_State *L) {
+  pl_core *c = checkcore(L);
+  lua_newtable(L);
+  pthread_mutex_lock(&c->mu);
+  lua_Integer n = 0;
+  for (int i = 0; i < c->nworkers; i++)
+    if (c->w[i].state == W_LIVE) {
+      lua_pushinteger(L, c->w[i].pid);
+      lua_rawseti(L, -2, ++n);
+    }
+  pthread_mutex_unlock(&c->mu);
+  return 1;
+}
+
+/* A pool dropped or left at exit: its workers must not outlive it.
+** In a forked child (a worker) the pool is its parent's: hands off. */
+static int core_gc(lua_State *L) {
+  pl_core **box = core_box(L);
+  pl_core *c = *box;
+  if (c == NULL) return 0;
+  *box = NULL;
+  if (c->owner != getpid()) return 0;   /* leaked on purpose: see above */
+  core_kill_all(c);
+  core_unref(c);
+  return 0;
+}
+
+static const luaL_Reg core_methods[] = {
+  {"spawn", core_spawn},
+  {"submit", core_submit},
+  {"wait", core_wait},
+  {"close", core_close},
+  {"terminate", core_terminate},
+  {"abandon", core_abandon},
+  {"pids", core_pids},
+  {NULL, NULL}
+};
+
+/* --------------------------------------------------- the worker's side */
+
+/* The worker reads its socket in large pieces: tasks sent together
+** cost one read.  One worker per process, so one buffer. */
+static struct { char *buf; size_t len, off, cap; } wk_in;
+
+static int wk_fill(lua_State *L, int fd) {
+  if (wk_in.off > 0) {
+    memmove(wk_in.buf, wk_in.buf + wk_in.off, wk_in.len - wk_in.off);
+    wk_in.len -= wk_in.off;
+    wk_in.off = 0;
+  }
+  size_t need = wk_in.len + 65536;
+  if (wk_in.len >= 4) {
+    uint32_t len;
+    memcpy(&len, wk_in.buf, 4);
+    if (4 + (size_t)len > need) need = 4 + (size_t)len;
+  }
+  if (need > wk_in.cap) {
+    size_t cap = wk_in.cap ? wk_in.cap : 65536;
+    while (cap < need) cap *= 2;
+    char *p = realloc(wk_in.buf, cap);
+    if (p == NULL) return luaL_error(L, "not enough memory");
+    wk_in.buf = p;
+    wk_in.cap = cap;
+  }
+  ssize_t r;
+  mt_blocking_begin(L);
+  do r = read(fd, wk_in.buf + wk_in.len, wk_in.cap - wk_in.len); while (r < 0 && errno == EINTR);
+  mt_blocking_end(L);
+  if (r <= 0) return 0;
+  wk_in.len += (size_t)r;
+  return 1;
+}
+
+/* _pool.recv(fd) -> job, payload | nil at end of file (no more tasks). */
+static int wk_recv(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  for (;;) {
+    size_t avail = wk_in.len - wk_in.off;
+    if (avail >= 4) {
+      uint32_t len;
+      memcpy(&len, wk_in.buf + wk_in.off, 4);
+      if (len < 8 || len > PL_MAXFRAME) return luaL_error(L, "pool: damaged task frame");
+      if (avail >= 4 + (size_t)len) {
+        uint64_t job;
+        memcpy(&job, wk_in.buf + wk_in.off + 4, 8);
+        lua_pushinteger(L, (lua_Integer)job);
+        lua_pushlstring(L, wk_in.buf + wk_in.off + PL_HDR_TASK, len - 8);
+        wk_in.off += 4 + (size_t)len;
+        return 2;
+      }
+    }
+    if (!wk_fill(L, fd)) { lua_pushnil(L); return 1; }
+  }
+}
+
+/* _pool.send(fd, job, ok, payload): one result, written at once, so a
+** worker that dies later loses nothing it finished. */
+static int wk_send(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  uint64_t job = (uint64_t)luaL_checkinteger(L, 2);
+  char ok = (char)lua_toboolean(L, 3);
+  size_t len;
+  const char *payload = luaL_checklstring(L, 4, &len);
+  if (len > PL_MAXFRAME - 16) return mt_raise(L, "ValueError", "pool: result of %d bytes is too large", (int)len);
+  char hdr[PL_HDR_RESULT];
+  uint32_t flen = (uint32_t)(9 + len);
+  memcpy(hdr, &flen, 4);
+  memcpy(hdr + 4, &job, 8);
+  hdr[12] = ok;
+  struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)payload, len}};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  int err = 0;
+  mt_blocking_begin(L);
+  while (iov[1].iov_len > 0 || iov[0].iov_len > 0) {
+    msg.msg_iov = iov[0].iov_len ? iov : iov + 1;
+    msg.msg_iovlen = iov[0].iov_len ? 2 : 1;
+    ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      err = errno;
+      break;
+    }
+    size_t left = (size_t)r;
+    for (int i = 0; i < 2 && left > 0; i++) {
+      size_t k = left < iov[i].iov_len ? left : iov[i].iov_len;
+      iov[i].iov_base = (char *)iov[i].iov_base + k;
+      iov[i].iov_len -= k;
+      left -= k;
+    }
+  }
+  mt_blocking_end(L);
+  lua_pushboolean(L, err == 0);   /* false: the parent is gone */
+  return 1;
+}
+
+/* _pool.exit(code): a worker leaves without running the parent's code. */
+static int wk_exit(lua_State *L) {
+  int code = (int)luaL_optinteger(L, 1, 0);
+  fflush(NULL);
+  _exit(code);
+  return 0;
+}
+
+static const luaL_Reg pool_funcs[] = {
+  {"new", core_new},
+  {"recv", wk_recv},
+  {"send", wk_send},
+  {"exit", wk_exit},
+  {NULL, NULL}
+};
+
+int luaopen_mt_pool(lua_State *L) {
+  if (luaL_newmetatable(L, CORE_MT)) {
+    luaL_newlib(L, core_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, core_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, pool_funcs);
+  return 1;
+}
