@@ -123,6 +123,8 @@ void mt_interrupt_after_fork_child(void) {
 
 void mt_check_interrupt(lua_State *L) {
   mt_thread *t = mt_self(L);
+  mt_universe *U = mt_universe_of(L);
+  if (U->raise_pending != NULL) U->raise_pending(L);
   if (t != NULL && atomic_exchange(&t->interrupt, 0))
     mt_raise(L, "KeyboardInterrupt", NULL);
 }

@@ -97,6 +97,10 @@ struct mt_universe {
   /* who owns an RLock: the OS thread, or under monkey patching the
   ** greenlet (set by the coroutine binding; NULL: the OS thread) */
   void *(*owner_of)(lua_State *L);
+  /* Called by mt_check_interrupt: raises an exception thrown into the
+  ** calling greenlet while it waited in mt_wait (greenlet_wait then
+  ** returned MT_INTERRUPTED, so the binding cleaned up first). */
+  void (*raise_pending)(lua_State *L);
 };
 
 /* prime, so that the hook does not always land on the same instruction
