@@ -1063,7 +1063,7 @@ static void dec_value(pk_dec *d) {
     case T_LFUNC: dec_lfunction(d); return;
     case T_CFUNC: dec_cfunction(d); return;
     case T_REDUCE: dec_reduce(d); return;
-    default: dec_error(d, "invalid tag 0x%02x", (unsigned)tag);
+    default: dec_error(d, "invalid tag %d", tag);
   }
 }
 
@@ -1090,7 +1090,7 @@ void pk_loads(lua_State *L, const char *s, size_t len) {
   } else if (u[0] == PK_MAGIC_DATA) {
     d.code = 0;
   } else {
-    dec_error(&d, "not a pickle (unknown version byte 0x%02x)", (unsigned)u[0]);
+    dec_error(&d, "not a pickle (unknown version byte %d)", (int)u[0]);
   }
   dec_value(&d);
   if (d.p != d.end) dec_error(&d, "%d trailing bytes after the pickle", (int)(d.end - d.p));
