@@ -1,7 +1,7 @@
 -- prelude.lua: the globals of every mtlua state: class, isinstance,
 -- with, raise, the exception classes and __name__.
 -- Run once by mtlua_openlibs with the C helpers as arguments.
-local register_class = ...
+local register_class, c_with = ...
 
 local rawget, rawset, rawequal = rawget, rawset, rawequal
 local getmetatable, setmetatable = getmetatable, setmetatable
@@ -150,24 +150,8 @@ function issubclass(cls, base)
   return is_class[cls] ~= nil and is_subclass(cls, base)
 end
 
-local closer_mt = {
-  __close = function(c, err) return c.obj:__exit__(err) end,
-  __name = "with",
-}
-
-function with(obj)
-  local enter = obj ~= nil and obj.__enter__
-  if not enter then
-    raise(TypeError("'" .. (class_of(obj) and obj.__name__ or type(obj))
-      .. "' object does not support the context manager protocol"))
-  end
-  local v = enter(obj)
-  if rawequal(v, obj) then
-    local mt = getmetatable(obj)
-    if mt and mt.__close then return obj, obj end
-  end
-  return setmetatable({ obj = obj }, closer_mt), v
-end
+-- with(obj): in C (vm_glue/prelude.c), it is on the hot path of locks.
+with = c_with
 
 function raise(e, msg)
   if is_class[e] then

@@ -24,7 +24,13 @@ typedef struct mt_lock {
 
 static const char LOCK_KEY = 'L';
 
+/* the hot path of every Lock method: inlined lookup of the C part */
 static mt_lock *checklock(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TTABLE && lua_rawgetp(L, 1, &LOCK_KEY) == LUA_TUSERDATA) {
+    mt_lock *lk = (mt_lock *)lua_touserdata(L, -1);
+    lua_settop(L, -2);
+    return lk;
+  }
   return (mt_lock *)mt_checkobject(L, 1, &LOCK_KEY, "Lock");
 }
 
@@ -71,7 +77,7 @@ static int wait_unlocked(lua_State *L, int *locked, mt_waitlist *wl, double dead
 
 static int lock_acquire(lua_State *L) {
   mt_lock *lk = checklock(L);
-  if (lua_gettop(L) == 1 && !lk->locked) {   /* the fast path */
+  if (!lk->locked && lua_gettop(L) == 1) {   /* the fast path */
     lk->locked = 1;
     lua_pushboolean(L, 1);
     return 1;

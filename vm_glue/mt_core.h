@@ -225,6 +225,9 @@ double mt_opt_timeout(lua_State *L, int idx, int optidx, const char *field,
 int mt_argtype_error(lua_State *L, int idx, const char *fname,
                      const char *arg, const char *expected);
 
+/* The prelude's with(obj) (vm_glue/prelude.c). */
+int mt_with(lua_State *L);
+
 /* ---------------------------------------------------------- modules */
 
 /* Registered by state.c: C modules (package.preload) and exit handlers. */

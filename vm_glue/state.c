@@ -70,7 +70,8 @@ static void run_prelude(lua_State *L) {
     abort();
   }
   lua_pushcfunction(L, l_register_class);
-  lua_call(L, 1, 1);
+  lua_pushcfunction(L, mt_with);
+  lua_call(L, 2, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "mtlua.prelude");
   lua_getglobal(L, "class");
   lua_setfield(L, LUA_REGISTRYINDEX, "mtlua.class");

@@ -1,0 +1,50 @@
+/*
+** prelude.c -- the parts of the prelude (lib/prelude.lua) written in C
+** because they sit on hot paths: with(obj).
+*/
+#include "mt_core.h"
+
+static const char CLOSER_MT[] = "mtlua.with_closer";
+
+/* The closer of with() for an __enter__ that did not return obj. */
+static int closer_close(lua_State *L) {
+  lua_getfield(L, 1, "obj");
+  lua_getfield(L, -1, "__exit__");
+  lua_insert(L, -2);
+  lua_pushvalue(L, 2);   /* the error, or nil */
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/* with(obj) -> closer, value: calls obj:__enter__(); the closer's
+** closing calls obj:__exit__(err).  When __enter__ returns obj and obj
+** has a __close metamethod, obj is its own closer. */
+int mt_with(lua_State *L) {
+  lua_settop(L, 1);
+  int t = lua_type(L, 1);
+  if ((t != LUA_TTABLE && t != LUA_TUSERDATA) || lua_getfield(L, 1, "__enter__") == LUA_TNIL) {
+    const char *tname = luaL_typename(L, 1);
+    if (lua_istable(L, 1) && luaL_getmetafield(L, 1, "__name__") == LUA_TSTRING)
+      tname = lua_tostring(L, -1);
+    return mt_raise(L, "TypeError", "'%s' object does not support the context manager protocol", tname);
+  }
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  if (lua_rawequal(L, 1, 2) && luaL_getmetafield(L, 1, "__close") != LUA_TNIL) {
+    lua_pop(L, 1);
+    return 2;
+  }
+  lua_settop(L, 2);
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "obj");
+  if (luaL_newmetatable(L, CLOSER_MT)) {
+    lua_pushcfunction(L, closer_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushliteral(L, "with");
+    lua_setfield(L, -2, "__name");
+  }
+  lua_setmetatable(L, -2);
+  lua_insert(L, 2);
+  return 2;
+}
