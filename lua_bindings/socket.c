@@ -577,6 +577,7 @@ static int sk_recv(lua_State *L) {
   io_arg a;
   luaL_Buffer b;
   a.flags = opt_flags(L, 3, "recv");
+  if (n == 0) { lua_pushliteral(L, ""); return 1; }   /* as CPython: no syscall */
   a.len = n;
   a.buf = luaL_buffinitsize(L, &b, n);
   luaL_pushresultsize(&b, (size_t)sk_call(L, s, POLLIN, op_recv, &a, sk_deadline(s)));
