@@ -140,6 +140,8 @@ typedef struct pl_core {
   pl_worker *w;
   pl_fifo pending;
   pl_event *ev_head, *ev_tail;
+  size_t nev;               /* events queued */
+  double last_take;         /* when Lua last took events */
 } pl_core;
 
 static const char CORE_MT[] = "mtlua.pool_core";
@@ -230,6 +232,7 @@ static void push_event(pl_core *c, int kind, uint64_t job, int ok, int slot,
   if (c->ev_tail) c->ev_tail->next = e;
   else c->ev_head = e;
   c->ev_tail = e;
+  c->nev++;
 }
 
 static void cancel_fifo(pl_core *c, pl_fifo *q) {
@@ -257,7 +260,10 @@ static size_t worker_limit(const pl_worker *w) {
 static int worker_room(pl_core *c, pl_worker *w) {
   if (w->state != W_LIVE || w->shut) return 0;
   if (c->maxtasks > 0 && w->given >= c->maxtasks) return 0;
-  return w->inflight.count < worker_limit(w);
+  /* refill only below half the limit, then up to it: tasks go out in
+  ** batches, one write and one wake-up of the worker for many */
+  size_t lim = worker_limit(w);
+  return w->inflight.count == 0 || w->inflight.count <= lim / 2;
 }
 
 static void io_write(pl_core *c, pl_worker *w) {
@@ -288,22 +294,31 @@ static void io_write(pl_core *c, pl_worker *w) {
   (void)c;
 }
 
-/* Hands pending tasks to the workers with room, the least loaded
-** first, then writes what it can without waiting. */
+static void give(pl_worker *w, pl_frame *f) {
+  if (w->inflight.count == 0) w->mark = now();
+  fifo_push(&w->inflight, f);
+  if (w->unsent == NULL) w->unsent = f;
+  w->given++;
+}
+
+/* Hands pending tasks to the workers that are low, shared evenly, each
+** up to its limit; then writes what it can without waiting. */
 static void io_dispatch(pl_core *c) {
   while (c->pending.head != NULL) {
-    pl_worker *best = NULL;
-    for (int i = 0; i < c->nworkers; i++) {
+    size_t eligible = 0;
+    for (int i = 0; i < c->nworkers; i++) eligible += worker_room(c, &c->w[i]);
+    if (eligible == 0) break;
+    size_t share = (c->pending.count + eligible - 1) / eligible;
+    for (int i = 0; i < c->nworkers && c->pending.head != NULL; i++) {
       pl_worker *w = &c->w[i];
-      if (worker_room(c, w) && (best == NULL || w->inflight.count < best->inflight.count))
-        best = w;
+      if (!worker_room(c, w)) continue;
+      size_t want = worker_limit(w) - w->inflight.count;
+      if (c->maxtasks > 0 && want > (size_t)(c->maxtasks - w->given))
+        want = (size_t)(c->maxtasks - w->given);
+      if (want > share) want = share;
+      if (want == 0) want = 1;
+      while (want-- > 0 && c->pending.head != NULL) give(w, fifo_pop(&c->pending));
     }
-    if (best == NULL) break;
-    pl_frame *f = fifo_pop(&c->pending);
-    if (best->inflight.count == 0) best->mark = now();
-    fifo_push(&best->inflight, f);
-    if (best->unsent == NULL) best->unsent = f;
-    best->given++;
   }
   for (int i = 0; i < c->nworkers; i++)
     if (c->w[i].unsent != NULL) io_write(c, &c->w[i]);
@@ -662,6 +677,20 @@ static int core_submit(lua_State *L) {
   return 0;
 }
 
+/* While results stream in (Lua took some less than 2 ms ago), waits up
+** to half a millisecond for more: the result thread then takes the GIL
+** once per batch instead of once per result.  A lone result (apply
+** after a pause) goes through at once.  c->mu held. */
+static void linger(pl_core *c) {
+  if (c->nev >= 256 || c->finished || now() - c->last_take > 2e-3) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += 500000;
+  if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
+  while (c->nev < 256 && !c->finished)
+    if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) break;
+}
+
 /* core:wait(timeout?) -> events | nil: blocks (GIL released) until the
 ** I/O thread has news; nil once it ended and every event was taken.
 ** Events come flat, five values each: kind, job, ok (RESULT) or slot,
@@ -688,15 +717,20 @@ static int core_wait(lua_State *L) {
       while (c->ev_head == NULL && !c->finished)
         if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) break;
     }
+    linger(c);
     c->refs--;
     list = c->ev_head;
     c->ev_head = c->ev_tail = NULL;
+    c->nev = 0;
+    c->last_take = now();
     finished = c->finished;
     pthread_mutex_unlock(&c->mu);
     mt_blocking_end(L);
   } else {
     list = c->ev_head;
     c->ev_head = c->ev_tail = NULL;
+    c->nev = 0;
+    c->last_take = now();
     finished = c->finished;
     pthread_mutex_unlock(&c->mu);
   }
