@@ -554,41 +554,9 @@ end
 
 ----------------------------------------------------------------- Event
 
-local Event = class("Event")
+-- In C (lua_bindings/threading.c): a flag and a list of waiters.
+local Event = _t.Event
 M.Event = Event
-
-function Event:__init__()
-  self._cond = Condition(Lock())
-  self._flag = false
-end
-
-function Event:is_set() return self._flag end
-Event.isSet = Event.is_set
-
-function Event:set()
-  local cond = self._cond
-  local _ <close> = with(cond)
-  self._flag = true
-  cond:notify_all()
-end
-
-function Event:clear()
-  local _ <close> = with(self._cond)
-  self._flag = false
-end
-
-function Event:wait(timeout)
-  if type(timeout) == "table" then timeout = timeout.timeout end
-  local cond = self._cond
-  local _ <close> = with(cond)
-  local signaled = self._flag
-  if not signaled then signaled = cond:wait(timeout) end
-  return signaled
-end
-
-function Event:__tostring()
-  return ("<Event: %s>"):format(self._flag and "set" or "unset")
-end
 
 --------------------------------------------------------------- Barrier
 

@@ -273,6 +273,86 @@ static const luaL_Reg rlock_methods[] = {
   {NULL, NULL}
 };
 
+
+/* -------------------------------------------------------------- Event */
+
+/* In C rather than on a Condition (as CPython's is): a flag and a list
+** of waiters, so a hand-off costs one wake-up and no allocation. */
+typedef struct mt_event {
+  int flag;
+  mt_waitlist waiters;
+} mt_event;
+
+static const char EVENT_KEY = 'E';
+
+static mt_event *checkevent(lua_State *L) {
+  return (mt_event *)mt_checkobject(L, 1, &EVENT_KEY, "Event");
+}
+
+static int event_init(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  mt_newobject(L, 1, &EVENT_KEY, sizeof(mt_event));
+  return 0;
+}
+
+static int event_is_set(lua_State *L) {
+  lua_pushboolean(L, checkevent(L)->flag);
+  return 1;
+}
+
+static int event_set(lua_State *L) {
+  mt_event *ev = checkevent(L);
+  ev->flag = 1;
+  mt_wake_all(&ev->waiters);
+  return 0;
+}
+
+static int event_clear(lua_State *L) {
+  checkevent(L)->flag = 0;
+  return 0;
+}
+
+/* wait(timeout=nil) -> true once set; false on timeout.  A waiter woken
+** by set() returns true even if clear() came before it ran (a pulse). */
+static int event_wait(lua_State *L) {
+  mt_event *ev = checkevent(L);
+  if (ev->flag) { lua_pushboolean(L, 1); return 1; }
+  double timeout = mt_opt_timeout(L, 2, lua_istable(L, 2) ? 2 : 0, "timeout", "wait");
+  double deadline = isnan(timeout) ? -1 : mt_deadline_after(timeout < 0 ? 0 : timeout);
+  mt_waiter w;
+  mt_waiter_init(L, &w);
+  mt_waitlist_push(&ev->waiters, &w);
+  int r = mt_wait(L, &w, deadline);
+  mt_waitlist_remove(&ev->waiters, &w);
+  if (r == MT_INTERRUPTED) mt_check_interrupt(L);
+  lua_pushboolean(L, r == MT_WOKEN || ev->flag);
+  return 1;
+}
+
+static int event_reinit(lua_State *L) {
+  mt_event *ev = checkevent(L);
+  memset(&ev->waiters, 0, sizeof ev->waiters);
+  return 0;
+}
+
+static int event_tostring(lua_State *L) {
+  mt_event *ev = checkevent(L);
+  lua_pushfstring(L, "<Event at %p: %s>", lua_topointer(L, 1), ev->flag ? "set" : "unset");
+  return 1;
+}
+
+static const luaL_Reg event_methods[] = {
+  {"__init__", event_init},
+  {"is_set", event_is_set},
+  {"isSet", event_is_set},
+  {"set", event_set},
+  {"clear", event_clear},
+  {"wait", event_wait},
+  {"_at_fork_reinit", event_reinit},
+  {"__tostring", event_tostring},
+  {NULL, NULL}
+};
+
 /* ------------------------------------------------------------ threads */
 
 typedef struct mt_handle {
@@ -509,6 +589,8 @@ int luaopen_mt_threading(lua_State *L) {
   lua_setfield(L, -2, "Lock");
   mt_newclass(L, "RLock", rlock_methods);
   lua_setfield(L, -2, "RLock");
+  mt_newclass(L, "Event", event_methods);
+  lua_setfield(L, -2, "Event");
   lua_pushnumber(L, 1e9);   /* longer waits are waits without timeout */
   lua_setfield(L, -2, "TIMEOUT_MAX");
   return 1;

@@ -72,6 +72,7 @@ void gil_acquire(mt_gil *gil, mt_thread *self) {
 }
 
 void gil_release(mt_gil *gil, mt_thread *self, int forced) {
+  if (self != NULL && self->deferred_head != NULL) mt_flush_wakes(self);
   pthread_mutex_lock(&gil->mutex);
   gil->locked = 0;
   pthread_cond_signal(&gil->cond);

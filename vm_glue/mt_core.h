@@ -69,6 +69,11 @@ struct mt_thread {
   pthread_mutex_t park_mutex;
   pthread_cond_t park_cond;
   atomic_int interrupt;      /* SIGINT arrived (main thread only) */
+  /* wake-ups this thread gave while holding the GIL, delivered when it
+  ** lets the GIL go (or at its next hook): a woken thread cannot run
+  ** before that anyway, and waking it earlier only makes it block on
+  ** the GIL again -- two context switches for nothing on one CPU */
+  mt_waiter *deferred_head, *deferred_tail;
   mt_thread *next, *prev;    /* the universe's registry, under the GIL */
 };
 
@@ -156,6 +161,7 @@ struct mt_waiter {
   int woken;                /* set by mt_waiter_wake */
   int linked;
   intptr_t data;            /* free for the object waited on */
+  mt_waiter *deferred_next; /* in the waker's deferred list */
 };
 
 typedef struct mt_waitlist {
@@ -172,6 +178,8 @@ void mt_waitlist_remove(mt_waitlist *wl, mt_waiter *w);  /* if linked */
 int mt_wake_one(mt_waitlist *wl);
 int mt_wake_all(mt_waitlist *wl);
 void mt_waiter_wake(mt_waiter *w);
+/* Delivers the wake-ups 'self' deferred (GIL held by self). */
+void mt_flush_wakes(mt_thread *self);
 /* Releases the GIL and blocks until w is woken, 'deadline' passes
 ** (monotonic seconds; < 0: none) or, in the main thread, a SIGINT
 ** arrives.  Returns MT_WOKEN, MT_TIMEDOUT or MT_INTERRUPTED (the caller

@@ -138,6 +138,7 @@ static void mt_hook(lua_State *L, lua_Debug *ar) {
     set_normal_hook(U, L);   /* undo the watcher's count-1 hook */
   if (atomic_load_explicit(&t->interrupt, memory_order_relaxed))
     mt_check_interrupt(L);
+  if (t->deferred_head != NULL) mt_flush_wakes(t);   /* a busy waker */
   if (atomic_load_explicit(&U->gil.drop_request, memory_order_relaxed)) {
     gil_release(&U->gil, t, 1);
     gil_acquire(&U->gil, t);
@@ -200,6 +201,7 @@ void mt_universe_after_fork_child(mt_universe *U) {
     registry_unlink(U, t);
   }
   park_init(self);
+  self->deferred_head = self->deferred_tail = NULL;   /* to dead threads */
   mt_interrupt_after_fork_child();
   atomic_store(&self->interrupt, 0);
   self->native_id = (long)syscall(SYS_gettid);

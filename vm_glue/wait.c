@@ -54,6 +54,17 @@ void mt_waitlist_remove(mt_waitlist *wl, mt_waiter *w) {
   wl->count--;
 }
 
+static void wake_now(mt_waiter *w) {
+  mt_thread *t = w->thread;
+  pthread_mutex_lock(&t->park_mutex);
+  w->woken = 1;
+  pthread_cond_signal(&t->park_cond);
+  pthread_mutex_unlock(&t->park_mutex);
+}
+
+/* Called with the GIL held, so the waiter (which needs the GIL to
+** return from mt_wait) and its thread stay valid until the wake-up is
+** delivered: at the latest when the waker releases the GIL. */
 void mt_waiter_wake(mt_waiter *w) {
   mt_thread *t = w->thread;
   if (w->greenlet != NULL && t->U->greenlet_wake != NULL) {
@@ -61,10 +72,22 @@ void mt_waiter_wake(mt_waiter *w) {
     t->U->greenlet_wake(w);
     return;
   }
-  pthread_mutex_lock(&t->park_mutex);
-  w->woken = 1;
-  pthread_cond_signal(&t->park_cond);
-  pthread_mutex_unlock(&t->park_mutex);
+  mt_thread *self = mt_thread_self_in(t->U);
+  if (self == NULL || self == t) { wake_now(w); return; }
+  w->deferred_next = NULL;
+  if (self->deferred_tail) self->deferred_tail->deferred_next = w;
+  else self->deferred_head = w;
+  self->deferred_tail = w;
+}
+
+void mt_flush_wakes(mt_thread *self) {
+  mt_waiter *w = self->deferred_head;
+  self->deferred_head = self->deferred_tail = NULL;
+  while (w != NULL) {
+    mt_waiter *next = w->deferred_next;
+    wake_now(w);
+    w = next;
+  }
 }
 
 int mt_wake_one(mt_waitlist *wl) {
