@@ -151,8 +151,17 @@ do   -- Ctrl-C interrupts a join
     local ok, e = pcall(p.join, p)
     print(isinstance(e, KeyboardInterrupt) and "interrupted" or tostring(e))
     p:kill(); p:join()
+    local function intr(obj, method)
+      os.execute("(sleep 0.2; kill -INT " .. os.getpid() .. ") &")
+      local ok, e = pcall(obj[method], obj)
+      print(isinstance(e, KeyboardInterrupt) and "interrupted" or tostring(e))
+    end
+    intr(mp.Queue(), "get")
+    local jq = mp.JoinableQueue(); jq:put(1)
+    intr(jq, "join")
+    intr(mp.Pipe(), "recv")
   ]], 30)
-  t.is(out, "interrupted\n", "KeyboardInterrupt in join")
+  t.is(out, "interrupted\n" .. ("interrupted\n"):rep(3), "KeyboardInterrupt in join, Queue.get, JoinableQueue.join, recv")
 end
 
 ----------------------------------------------------------------- Queue
