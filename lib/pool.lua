@@ -344,7 +344,7 @@ end
 local function default_chunksize(self, n)
   local chunksize, extra = n // (self._processes * 4), n % (self._processes * 4)
   if extra ~= 0 then chunksize = chunksize + 1 end
-  return chunksize
+  return chunksize > 0 and chunksize or 1
 end
 
 local function check_chunksize(fname, chunksize)

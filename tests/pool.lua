@@ -1,0 +1,153 @@
+-- pool: the API of Pool and ThreadPool (SPEC §7).
+local t = require "tests.tap"
+local pool = require "pool"
+local Pool, ThreadPool = pool.Pool, pool.ThreadPool
+local sleep = require("time").sleep
+
+local function square(x) return x * x end
+-- classes must exist before the workers are forked to travel by name
+local MyErrors = { Pool = class("PoolMyError", ValueError), ThreadPool = class("ThreadPoolMyError", ValueError) }
+
+for _, kind in ipairs { "Pool", "ThreadPool" } do
+  local P = pool[kind]
+  local p = P(3)
+  local tag = kind .. ": "
+
+  -- apply / apply_async, both calling forms, kwds appended
+  t.is(p:apply(function(a, b) return a + b end, { 2, 3 }), 5, tag .. "apply returns the result")
+  t.is(p:apply(function(a, kw) return a .. kw.sep end, { "x" }, { sep = "!" }), "x!", tag .. "kwds come as one table after args")
+  local r = p:apply_async(square, { 7 })
+  t.is(r:get(10), 49, tag .. "apply_async():get()")
+  t.ok(r:ready() and r:successful(), tag .. "ready and successful")
+  local got
+  local r2 = p:apply_async{ square, { 9 }, callback = function(v) got = v end }
+  t.is(r2:get(10), 81, tag .. "apply_async{...} Python-call form")
+  t.is(got, 81, tag .. "callback ran before get returned")
+  local nilr = p:apply_async(function() return nil end)
+  t.is(nilr:get(10), nil, tag .. "nil result")
+
+  -- a closure defined after the pool was made, with upvalues
+  local base = 100
+  local add = function(x) return x + base end
+  t.is(p:apply(add, { 1 }), 101, tag .. "closure made after the pool")
+
+  -- map / starmap / chunksize / .n / nil results / iterator input
+  local m = p:map(square, { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 })
+  t.is(table.concat(m, ","), "1,4,9,16,25,36,49,64,81,100", tag .. "map in order")
+  t.is(m.n, 10, tag .. "map result has .n")
+  local m2 = p:map(function(x) if x % 2 == 0 then return nil end return x end, { 1, 2, 3, 4, 5 }, 2)
+  t.ok(m2.n == 5 and m2[1] == 1 and m2[2] == nil and m2[5] == 5, tag .. "nil results kept, chunksize")
+  local i = 0
+  local m3 = p:map(square, function() i = i + 1; if i <= 4 then return i end end)
+  t.is(table.concat(m3, ","), "1,4,9,16", tag .. "map over an iterator function")
+  t.is(p:map(square, {}).n, 0, tag .. "map of nothing")
+  local sm = p:starmap(function(a, b) return a * b end, { { 1, 2 }, { 3, 4 }, { 5, 6 } })
+  t.is(table.concat(sm, ","), "2,12,30", tag .. "starmap")
+  local sma = p:starmap_async(function(a, b) return a - b end, { { 5, 1 }, { 9, 3 } })
+  t.is(table.concat(sma:get(10), ","), "4,6", tag .. "starmap_async")
+  local mcb
+  local ma = p:map_async(square, { 3, 4 }, nil, function(v) mcb = v end)
+  t.is(table.concat(ma:get(10), ","), "9,16", tag .. "map_async")
+  t.ok(mcb ~= nil and mcb[2] == 16, tag .. "map_async callback got the list")
+
+  -- imap in order, imap_unordered complete
+  local seq = {}
+  for pos, v in p:imap(function(x) sleep((5 - x) * 0.01) return x * 10 end, { 1, 2, 3, 4 }) do
+    seq[#seq + 1] = pos .. "=" .. v
+  end
+  t.is(table.concat(seq, " "), "1=10 2=20 3=30 4=40", tag .. "imap yields in order")
+  local seen, count = {}, 0
+  for pos, v in p:imap_unordered(square, { 1, 2, 3, 4, 5, 6 }, 2) do
+    seen[pos] = v
+    count = count + 1
+  end
+  t.ok(count == 6 and seen[6] == 36 and seen[1] == 1, tag .. "imap_unordered yields all")
+  local holes = {}
+  for pos, v in p:imap(function(x) if x ~= 2 then return x end end, { 1, 2, 3 }) do holes[#holes + 1] = pos end
+  t.is(table.concat(holes, ","), "1,2,3", tag .. "imap goes past nil results")
+
+  -- errors: same class, message, remote traceback; error_callback
+  local MyError = MyErrors[kind]
+  local bad = p:apply_async(function() raise(MyError("broken " .. 42)) end)
+  local ok, err = pcall(bad.get, bad, 10)
+  t.ok(not ok and isinstance(err, MyError), tag .. "get raises the task's error class")
+  t.like(tostring(err), "broken 42", tag .. "with its message")
+  if kind == "Pool" then
+    t.like(err.traceback or "", "Remote traceback:", tag .. "and the remote traceback")
+  end
+  t.ok(bad:ready() and not bad:successful(), tag .. "failed result: not successful")
+  local ecb
+  local bad2 = p:apply_async(function() error("plain") end, nil, nil, nil, function(e) ecb = e end)
+  pcall(bad2.get, bad2, 10)
+  t.like(tostring(ecb), "plain", tag .. "error_callback gets the error")
+  t.raises(function() p:map(function(x) if x == 3 then raise(KeyError("three")) end return x end, { 1, 2, 3, 4 }) end,
+    KeyError, "three", tag .. "map raises a task's error")
+  local itb = p:imap(function(x) if x == 2 then raise(ValueError("two")) end return x end, { 1, 2, 3 })
+  local p1, v1 = itb()
+  t.ok(p1 == 1 and v1 == 1, tag .. "imap: positions before the error")
+  t.raises(function() itb() end, ValueError, "two", tag .. "imap raises at the failed position")
+
+  -- timeouts and readiness
+  local slow = p:apply_async(sleep, { 0.3 })
+  t.raises(function() slow:successful() end, ValueError, "not ready", tag .. "successful() before ready")
+  t.raises(function() slow:get(0.01) end, pool.TimeoutError, nil, tag .. "get(timeout) expiring")
+  slow:wait(0.01)
+  t.ok(not slow:ready(), tag .. "wait(timeout) returns without result")
+  slow:wait()
+  t.ok(slow:ready(), tag .. "wait() waits")
+  local it = p:imap(sleep, { 0.3 })
+  t.raises(function() it:next(0.01) end, pool.TimeoutError, nil, tag .. "imap next(timeout)")
+
+  -- bad input
+  t.raises(function() p:apply_async(42) end, TypeError, "func", tag .. "non-callable func")
+  t.raises(function() p:apply_async(square, 5) end, TypeError, "args", tag .. "args not a table")
+  t.raises(function() p:map(square, 5) end, TypeError, "iterable", tag .. "map of a number")
+  t.raises(function() p:map(square, { 1 }, 0) end, ValueError, "Chunksize", tag .. "chunksize 0")
+  t.raises(function() p:join() end, ValueError, "Pool is still running", tag .. "join before close")
+  p:close()
+  t.raises(function() p:apply_async(square, { 1 }) end, ValueError, "Pool not running", tag .. "apply_async after close")
+  t.raises(function() p:map(square, { 1 }) end, ValueError, "Pool not running", tag .. "map after close")
+  p:join()
+  t.ok(slow:ready(), tag .. "join returns after the work")
+
+  t.raises(function() P(0) end, ValueError, "Number of processes must be at least 1", tag .. "(0)")
+  t.raises(function() P(-2) end, ValueError, "at least 1", tag .. "(-2)")
+  t.raises(function() P("x") end, TypeError, "processes", tag .. "processes not a number")
+  t.raises(function() P{ processes = 1, maxtasksperchild = 0 } end, ValueError, "maxtasksperchild", tag .. "maxtasksperchild 0")
+  t.raises(function() P(1, 5) end, TypeError, "initializer", tag .. "initializer not callable")
+
+  -- with(...) terminates on exit; initializer; Pool{...}
+  local q
+  do
+    local pp <close> = with(P{ processes = 2, initializer = function(v) _G.POOL_INIT = v end, initargs = { "set" } })
+    t.is(pp:apply(function() return _G.POOL_INIT end), "set", tag .. "initializer ran in the worker")
+    q = pp
+  end
+  t.is(q._state, "TERMINATE", tag .. "with() terminates on exit")
+  q:join()
+  t.ok(true, tag .. "join after terminate")
+end
+
+-- Process pool specifics
+do
+  local p = Pool(2)
+  local pid = p:apply(os.getpid)
+  t.ok(pid ~= os.getpid(), "Pool: tasks run in another process")
+  -- a result that cannot be pickled fails that task only
+  local co = p:apply_async(function() return coroutine.create(print) end)
+  t.raises(function() co:get(10) end, TypeError, "pickle", "unpicklable result -> TypeError")
+  t.is(p:apply(square, { 3 }), 9, "the pool goes on after an unpicklable result")
+  -- an argument that cannot be pickled fails at submission
+  t.raises(function() p:apply_async(square, { coroutine.create(print) }) end, TypeError, "pickle",
+    "unpicklable argument -> TypeError at apply_async")
+  t.is(p:apply(square, { 4 }), 16, "and the pool goes on")
+  -- globals are not shared
+  COUNTER = 0
+  p:map(function() COUNTER = (COUNTER or 0) + 1 end, { 1, 2, 3 })
+  t.is(COUNTER, 0, "workers do not change the parent's globals")
+  t.like(tostring(p), "state=RUN", "tostring(pool)")
+  p:terminate()
+  p:join()
+end
+
+t.done()
