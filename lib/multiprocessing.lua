@@ -3,17 +3,13 @@
 -- kill, Pipe) and "_shm" (lua_bindings/shm.c: the shared-memory
 -- queues), the way CPython's is built on os.fork and _multiprocessing.
 --
--- For pool (and other code that forks workers):
---   M._fork_child(fn, ...) forks; the child runs fn(...) as a process
---     body (errors reported as a Process's are, threads joined) and
---     leaves with _exit; the parent gets the pid.  Process:start uses
---     the same path.
---   M._register_after_fork(fn): fn() runs in every forked child before
---     its body (e.g. to forget the parent's pools).
--- A child never returns into its parent's code and does not run the
--- parent's exit handlers (a parent's pool must not be torn down by its
--- children): it joins its own threads and children, flushes stdio and
--- calls _exit, as CPython's Process._bootstrap does.
+-- For other modules: M._register_after_fork(fn): fn() runs in every
+-- child a Process forks, before its body (e.g. to forget the parent's
+-- pools).  M._exit_function() joins this process's children (run at
+-- exit).  A child never returns into its parent's code and does not
+-- run the parent's exit handlers (a parent's pool must not be torn down
+-- by its children): it joins its own threads and children, flushes
+-- stdio and calls _exit, as CPython's Process._bootstrap does.
 local _mp = require "_multiprocessing"
 local _shm = require "_shm"
 local threading = require "threading"
@@ -29,12 +25,12 @@ local getpid = os.getpid
 
 local ProcessError = class("ProcessError", Exception)
 local BufferTooShort = class("BufferTooShort", ProcessError)
-local MPTimeoutError = class("TimeoutError", ProcessError)
 local AuthenticationError = class("AuthenticationError", ProcessError)
 M.ProcessError, M.BufferTooShort = ProcessError, BufferTooShort
-M.TimeoutError, M.AuthenticationError = MPTimeoutError, AuthenticationError
+M.AuthenticationError = AuthenticationError
+-- M.TimeoutError is pool's (one class for both modules, as in Python),
+-- fetched lazily below so that neither module loads the other early.
 _shm.register_class("multiprocessing.ProcessError", ProcessError)
-_shm.register_class("multiprocessing.TimeoutError", MPTimeoutError)
 _shm.register_class("multiprocessing.AuthenticationError", AuthenticationError)
 _shm.register_class("multiprocessing.BufferTooShort", BufferTooShort)
 
@@ -187,16 +183,6 @@ local function bootstrap(self)
   end, threading.msghandler or require("_threading").msghandler)
   if not ok then code = report_child_error(self.name, err) end
   child_exit(code)
-end
-
--- forks a child running fn(...) as a process body (see the top).
-function M._fork_child(fn, ...)
-  local pid = _mp.fork()
-  if pid == 0 then
-    local ok, err = xpcall(fn, require("_threading").msghandler, ...)
-    child_exit(ok and 0 or report_child_error(_current_process and _current_process.name, err))
-  end
-  return pid
 end
 
 function M._register_after_fork(fn)
@@ -413,10 +399,16 @@ end
 _mp.atexit(M._exit_function)
 
 -- The Pool lives in pool (issue 5); reachable here once it exists.
+local LAZY = { Pool = true, ThreadPool = true, TimeoutError = true }
 setmetatable(M, { __index = function(t, k)
-  if k == "Pool" or k == "ThreadPool" then
+  if LAZY[k] then
     local ok, pool = pcall(require, "pool")
-    if ok and type(pool) == "table" then return pool[k] end
+    local v = ok and type(pool) == "table" and pool[k] or nil
+    if v == nil and k == "TimeoutError" then   -- no pool module: our own
+      v = class("TimeoutError", ProcessError)
+    end
+    rawset(t, k, v)
+    return v
   end
   return nil
 end })

@@ -145,6 +145,14 @@ int shm_pid_alive(pid_t pid) {
 
 /* -------------------------------------------------------------- queues */
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 #define Q_MAGIC 0x4d5451756575653aULL
 #define Q_HDRSIZE 4096                /* the header's page; the ring follows */
 #define Q_RINGSIZE (256 * 1024)       /* a power of two */
@@ -283,7 +291,7 @@ static int q_sleep(lua_State *L, q_shared *sh, _Atomic uint32_t *seq,
         clock_gettime(CLOCK_MONOTONIC, &t);
         if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > Q_SPIN_NS) break;
       }
-      __builtin_ia32_pause();
+      cpu_relax();
     }
     q_lock(L, sh);
     return MT_WOKEN;

@@ -39,7 +39,9 @@ do
   t.ok(mp.cpu_count() >= 1, "cpu_count")
   t.is(mp.current_process().name, "MainProcess", "current_process in main")
   t.is(mp.parent_process(), nil, "no parent_process in main")
-  t.is(mp.TimeoutError.super, mp.ProcessError, "multiprocessing.TimeoutError is a ProcessError")
+  t.ok(issubclass(mp.TimeoutError, Exception), "multiprocessing.TimeoutError")
+  local ok_pool, pool = pcall(require, "pool")
+  if ok_pool then t.is(mp.TimeoutError, pool.TimeoutError, "one TimeoutError with pool") end
 end
 
 do   -- exit codes
