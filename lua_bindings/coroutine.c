@@ -1,10 +1,25 @@
 /*
-** coroutine.c -- Lua's coroutine library, extended.  resume and wrap
-** are replaced by versions that tell the runtime which coroutine runs
-** (so Ctrl-C can stop it) and give coroutines made before threading
-** began the preemption hook; the rest of the library is Lua's own.
+** coroutine.c -- Lua's coroutine library, extended, and greenlets.
+**
+** resume and wrap are replaced by versions that tell the runtime which
+** coroutine runs (so Ctrl-C can stop it), give coroutines made before
+** threading began the preemption hook, and pass greenlet switches
+** through: a switch made inside a plain coroutine yields a tagged value
+** that these wrappers forward up to the greenlet's trampoline, so a
+** plain coroutine.yield is never taken for a switch, nor a switch for a
+** yield.  coroutine.yield refuses to yield a greenlet's own coroutine
+** (there is nobody to yield to: use switch).
+**
+** Greenlets (module "_greenlet", wrapped by lib/greenlet.lua) are
+** explained in coroutine.h.  The C context switch is a few lines of
+** assembly on x86-64 and ucontext elsewhere.
 */
-#include "mt_core.h"
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "coroutine.h"
 
 #if LUA_VERSION_RELEASE_NUM >= 50406
 #define close_thread(co, L) lua_closethread(co, L)
@@ -12,22 +27,745 @@
 #define close_thread(co, L) lua_resetthread(co)
 #endif
 
-/* Resumes co with narg values from L's top; returns the number of
-** results moved to L, or -1 with the error on L's top. */
-static int resume_values(lua_State *L, lua_State *co, int narg) {
-  int status, nres;
-  if (!lua_checkstack(co, narg)) {
-    lua_pushliteral(L, "too many arguments to resume");
-    return -1;
+/* The value a switching greenlet yields: its address is the tag. */
+static const char GL_TAG = 'T';
+#define is_tag(co, idx) (lua_touserdata(co, idx) == (void *)&GL_TAG)
+
+static const char GR_KEY = 'G';            /* instance -> userdata */
+static const char GR_UDMT[] = "mtlua.greenlet";
+static const char GR_CLASS[] = "mtlua.greenlet.class";
+static const char GR_WEAK[] = "mtlua.greenlet.objects";
+
+/* ---------------------------------------------------- C contexts */
+
+#define STACK_SIZE (1024 * 1024)
+
+struct gl_stack {
+  void *mem;
+  size_t size;
+  void *sp;
+  gl_stack *next;
+  gl_ts *ts;
+};
+
+static void tramp_main(gl_stack *S);
+
+#if defined(__x86_64__) && !defined(GL_UCONTEXT)
+/* co_swap(save, to): saves the callee-saved registers and the FPU
+** control words on the current stack, stores the stack pointer in
+** *save, and continues on the stack 'to'. */
+void co_swap(void **save, void *to) __attribute__((visibility("hidden")));
+void co_entry(void) __attribute__((visibility("hidden")));
+__asm__(
+  ".text\n"
+  ".globl co_swap\n.hidden co_swap\n.type co_swap,@function\n"
+  "co_swap:\n"
+  "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+  "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
+  "  movq %rsp, (%rdi)\n"
+  "  movq %rsi, %rsp\n"
+  "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+  "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+  "  ret\n"
+  ".size co_swap, .-co_swap\n"
+  ".globl co_entry\n.hidden co_entry\n.type co_entry,@function\n"
+  "co_entry:\n"
+  "  movq %r12, %rdi\n"
+  "  callq *%r13\n"
+  "  ud2\n"
+  ".size co_entry, .-co_entry\n");
+
+/* A fresh stack whose first co_swap lands in tramp_main(S). */
+static void ctx_prepare(gl_stack *S) {
+  char *top = (char *)S->mem + S->size;
+  uint64_t *r = (uint64_t *)(top - 24);   /* return slot: 8 mod 16 */
+  r[0] = (uint64_t)co_entry;
+  r[-1] = 0;                              /* rbp */
+  r[-2] = 0;                              /* rbx */
+  r[-3] = (uint64_t)S;                    /* r12: argument */
+  r[-4] = (uint64_t)tramp_main;           /* r13: function */
+  r[-5] = 0;                              /* r14 */
+  r[-6] = 0;                              /* r15 */
+  uint32_t *ctl = (uint32_t *)&r[-7];
+  ctl[0] = 0x1F80;                        /* mxcsr default */
+  ctl[1] = 0x037F;                        /* x87 control word default */
+  S->sp = &r[-7];
+}
+#else
+#include <ucontext.h>
+/* Portable fallback: a ucontext per saved context (slower: it saves
+** the signal mask with a system call). */
+typedef struct uctx { ucontext_t uc; } uctx;
+static void co_swap(void **save, void *to) {
+  uctx here;
+  *save = &here;
+  swapcontext(&here.uc, &((uctx *)to)->uc);
+}
+static void uc_entry(unsigned hi, unsigned lo) {
+  tramp_main((gl_stack *)(((uintptr_t)hi << 32) | (uintptr_t)lo));
+}
+static void ctx_prepare(gl_stack *S) {
+  uctx *c = (uctx *)S->mem;   /* at the bottom, above the guard page */
+  uintptr_t p = (uintptr_t)S;
+  getcontext(&c->uc);
+  c->uc.uc_stack.ss_sp = (char *)S->mem + 4096;
+  c->uc.uc_stack.ss_size = S->size - 4096;
+  c->uc.uc_link = NULL;
+  makecontext(&c->uc, (void (*)(void))uc_entry, 2, (unsigned)(p >> 32), (unsigned)p);
+  S->sp = c;
+}
+#endif
+
+static gl_stack *stack_new(gl_ts *ts) {
+  gl_stack *S = calloc(1, sizeof *S);
+  if (S == NULL) return NULL;
+  S->size = STACK_SIZE;
+  S->mem = mmap(NULL, S->size, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (S->mem == MAP_FAILED) { free(S); return NULL; }
+  mprotect(S->mem, 4096, PROT_NONE);   /* a guard page: overflow faults */
+  S->ts = ts;
+  ctx_prepare(S);
+  return S;
+}
+
+/* ------------------------------------------------ thread states */
+
+static __thread gl_ts *tls_ts;   /* this OS thread's states, one per universe */
+
+gl_ts *gl_ts_find(mt_universe *U) {
+  for (gl_ts *ts = tls_ts; ts != NULL; ts = ts->link)
+    if (ts->U == U) return ts;
+  return NULL;
+}
+
+static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int parentidx, int selfidx);
+
+/* The class made by lib/greenlet.lua; registered before any greenlet. */
+static void push_class(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, GR_CLASS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "greenlet");
+    lua_call(L, 1, 0);
+    lua_getfield(L, LUA_REGISTRYINDEX, GR_CLASS);
   }
-  if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
-    lua_pushliteral(L, "cannot resume dead coroutine");
-    return -1;
+}
+
+gl_ts *gl_ts_get(lua_State *L) {
+  mt_universe *U = mt_universe_of(L);
+  gl_ts *ts = tls_ts;
+  if (ts != NULL && ts->U == U) return ts;
+  ts = gl_ts_find(U);
+  if (ts != NULL) return ts;
+  ts = calloc(1, sizeof *ts);
+  if (ts == NULL) luaL_error(L, "not enough memory");
+  ts->U = U;
+  ts->thread = mt_self(L);
+  ts->Ltr = lua_newthread(L);
+  ts->Ltr_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushnil(ts->Ltr);                   /* slot 1: the running coroutine */
+  ts->main_ref = ts->hub_ref = LUA_NOREF;
+  ts->link = tls_ts;
+  tls_ts = ts;
+  ts->main = new_gr(L, ts, GL_MAIN, NULL, 0, 0);
+  ts->main->state = GL_RUNNING;
+  ts->main_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  ts->current = ts->main;
+  return ts;
+}
+
+/* ---------------------------------------------------- objects */
+
+gl_gr *gl_test(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TTABLE) return NULL;
+  lua_rawgetp(L, idx, &GR_KEY);
+  gl_gr *g = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return g;
+}
+
+gl_gr *gl_check(lua_State *L, int idx) {
+  gl_gr *g = gl_test(L, idx);
+  if (g == NULL)
+    mt_raise(L, "TypeError", "expected a greenlet, got %s (did you call with '.' instead of ':'?)",
+             luaL_typename(L, idx));
+  return g;
+}
+
+void gl_push(lua_State *L, gl_gr *g) {
+  lua_getfield(L, LUA_REGISTRYINDEX, GR_WEAK);
+  lua_rawgetp(L, -1, g);
+  lua_remove(L, -2);
+}
+
+/* The userdata of instance 'idx' (pushed). */
+static void push_ud(lua_State *L, int idx) {
+  lua_rawgetp(L, idx, &GR_KEY);
+}
+
+/* Makes a new greenlet whose instance is at selfidx (0: a new one,
+** pushed).  For a plain one the run function is on L's top (popped). */
+static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int parentidx, int selfidx) {
+  int runidx = kind == GL_PLAIN ? lua_absindex(L, -1) : 0;
+  int self;
+  if (parentidx) parentidx = lua_absindex(L, parentidx);
+  if (selfidx) self = lua_absindex(L, selfidx);
+  else {
+    lua_newtable(L);                                /* the instance */
+    self = lua_gettop(L);
+    push_class(L);
+    lua_setmetatable(L, self);
   }
-  lua_xmove(L, co, narg);
-  mt_prepare_resume(L, co);
-  status = lua_resume(co, L, narg, &nres);
+  gl_gr *g = lua_newuserdatauv(L, sizeof *g, 3);
+  memset(g, 0, sizeof *g);
+  g->ts = ts;
+  g->kind = kind;
+  g->state = GL_NEW;
+  g->parent = parent;
+  g->pin_ref = g->throw_ref = LUA_NOREF;
+  luaL_setmetatable(L, GR_UDMT);
+  lua_pushvalue(L, self);
+  lua_setiuservalue(L, -2, 1);
+  if (parentidx) {
+    push_ud(L, parentidx);
+    lua_setiuservalue(L, -2, 2);
+  }
+  if (kind == GL_PLAIN) {
+    g->co = lua_newthread(L);
+    lua_pushvalue(L, -2);                           /* co[1]: the userdata */
+    lua_xmove(L, g->co, 1);
+    lua_pushvalue(L, runidx);                       /* co[2]: run */
+    lua_xmove(L, g->co, 1);
+    lua_setiuservalue(L, -2, 3);
+  }
+  lua_rawsetp(L, self, &GR_KEY);
+  lua_getfield(L, LUA_REGISTRYINDEX, GR_WEAK);
+  lua_pushvalue(L, self);
+  lua_rawsetp(L, -2, g);
+  lua_pop(L, 1);
+  if (runidx) lua_remove(L, runidx);
+  return g;
+}
+
+gl_gr *gl_new_hub(lua_State *L, gl_ts *ts) {
+  gl_gr *g = new_gr(L, ts, GL_HUB, ts->main, 0, 0);
+  g->state = GL_RUNNING;
+  ts->hub_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  ts->hubgr = g;
+  return g;
+}
+
+/* ------------------------------------------------ the trampoline */
+
+static lua_State *recv_state(gl_ts *ts, gl_gr *g) {
+  switch (g->state) {
+    case GL_NEW: case GL_SUSPENDED: return g->co;
+    case GL_PINNED: return g->sl;
+    default: return ts->Ltr;   /* the hub: values are dropped */
+  }
+}
+
+static gl_gr *live(gl_gr *g) {
+  while (g->state == GL_DEAD && g->parent != NULL) g = g->parent;
+  return g;
+}
+
+int gl_has_pending(gl_gr *g) { return g->throw_ref != LUA_NOREF; }
+
+void gl_deliver(lua_State *L, gl_gr *g, int n, int throwing) {
+  gl_ts *ts = g->ts;
+  if (g->throw_ref != LUA_NOREF) {   /* an older throw wins; drop this */
+    lua_pop(L, throwing ? 1 : n);
+    ts->nnext = 0;
+    return;
+  }
+  if (throwing) {
+    g->throw_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ts->nnext = 0;
+    return;
+  }
+  lua_State *to = recv_state(ts, g);
+  if (g->kind == GL_HUB || to == L || !lua_checkstack(to, n + LUA_MINSTACK)) {
+    lua_pop(L, n);
+    n = 0;
+  } else {
+    lua_xmove(L, to, n);
+  }
+  ts->nnext = n;
+}
+
+void gl_raise_pending(lua_State *L) {
+  gl_ts *ts = gl_ts_find(mt_universe_of(L));
+  if (ts == NULL) return;
+  gl_gr *g = ts->current;
+  if (g->throw_ref == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->throw_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, g->throw_ref);
+  g->throw_ref = LUA_NOREF;
+  lua_error(L);
+}
+
+static void unwind(gl_ts *ts, lua_State *co);
+
+/* Runs 'run' to its end or error: the values or the error go to the
+** first live parent. */
+static void finished(gl_ts *ts, gl_gr *x, int status, int nres) {
+  lua_State *co = x->co, *T = ts->Ltr;
+  gl_gr *to;
+  x->state = GL_DEAD;
+  to = live(x->parent);
+  if (status == LUA_OK) {
+    nres--;    /* the count includes co[1], the userdata below run */
+    lua_checkstack(T, nres + 1);
+    lua_xmove(co, T, nres);
+    lua_settop(co, 1);
+    gl_deliver(T, to, nres, 0);
+  } else {
+    int exit;
+    lua_pushvalue(co, -1);
+    lua_xmove(co, T, 1);
+    exit = mt_isinstance(T, -1, "greenlet.GreenletExit");
+    ts->closing++;
+    lua_resetthread(co);     /* runs its pending <close> variables */
+    ts->closing--;
+    lua_settop(co, 0);
+    gl_deliver(T, to, exit ? 1 : 0, !exit);
+  }
+  ts->next = to;
+}
+
+static void foreign_yield(gl_ts *ts, gl_gr *x, int nres) {
+  lua_State *co = x->co;
+  lua_pop(co, nres);
+  lua_pushliteral(co, "attempt to yield across a greenlet (use switch)");
+  finished(ts, x, LUA_ERRRUN, 0);
+}
+
+/* Switches the trampoline to a pinned greenlet (or main): this
+** trampoline parks itself as a spare, reused by the next pin. */
+static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
+  ts->current = x;
+  x->state = GL_RUNNING;
+  if (x->pin_ref != LUA_NOREF) {
+    lua_rawgeti(ts->Ltr, LUA_REGISTRYINDEX, x->pin_ref);
+    lua_replace(ts->Ltr, 1);
+    luaL_unref(ts->Ltr, LUA_REGISTRYINDEX, x->pin_ref);
+    x->pin_ref = LUA_NOREF;
+  }
+  mt_set_running(x->sl);
+  S->next = ts->spare;
+  ts->spare = S;
+  co_swap(&S->sp, x->sp);
+}
+
+static void resume_gr(gl_ts *ts, gl_gr *x) {
+  lua_State *co = x->co;
+  int nres, status;
+  ts->current = x;
+  x->state = GL_RUNNING;
+  lua_pushthread(co);                  /* anchor it while it runs */
+  lua_xmove(co, ts->Ltr, 1);
+  lua_replace(ts->Ltr, 1);
+  mt_prepare_resume(co, co);
+  status = lua_resume(co, NULL, ts->nnext, &nres);
+  if (status == LUA_YIELD) {
+    if (nres == 1 && is_tag(co, -1)) lua_pop(co, 1);   /* a switch */
+    else foreign_yield(ts, x, nres);
+  } else {
+    finished(ts, x, status, nres);
+  }
+}
+
+static void run_deferred(gl_ts *ts) {
+  while (ts->ndeferred > 0) {
+    int ref = ts->deferred[--ts->ndeferred];
+    lua_rawgeti(ts->Ltr, LUA_REGISTRYINDEX, ref);
+    luaL_unref(ts->Ltr, LUA_REGISTRYINDEX, ref);
+    unwind(ts, lua_tothread(ts->Ltr, -1));
+    lua_pop(ts->Ltr, 1);
+  }
+}
+
+/* The trampoline: runs on a stack of its own, forever. */
+static void tramp_main(gl_stack *S) {
+  gl_ts *ts = S->ts;
+  for (;;) {
+    gl_gr *x = ts->next;
+    if (ts->ndeferred) run_deferred(ts);
+    if (x->kind == GL_HUB) {
+      ts->current = x;
+      x = hub_next(ts);   /* picks, delivers, sets ts->next */
+      ts->next = x;
+    }
+    if (x->state == GL_PINNED) enter_pinned(ts, S, x);
+    else resume_gr(ts, x);
+  }
+}
+
+/* Pins the current greenlet: the trampoline goes on elsewhere.  Returns
+** when something switches back. */
+static void pin(lua_State *L, gl_ts *ts) {
+  gl_gr *cur = ts->current;
+  gl_stack *S = ts->spare;
+  if (S != NULL) ts->spare = S->next;
+  else if ((S = stack_new(ts)) == NULL) {
+    mt_raise(L, "MemoryError", "cannot allocate a greenlet stack");
+  }
+  if (cur->kind == GL_PLAIN) {
+    lua_pushthread(cur->co);
+    cur->pin_ref = luaL_ref(cur->co, LUA_REGISTRYINDEX);
+  }
+  cur->state = GL_PINNED;
+  cur->sl = L;
+  co_swap(&cur->sp, S->sp);
+  /* back: ts->current == cur, state RUNNING (enter_pinned) */
+}
+
+int gl_suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFunction k) {
+  if (!must_pin && lua_isyieldable(L)) {
+    ts->current->state = GL_SUSPENDED;
+    lua_pushlightuserdata(L, (void *)&GL_TAG);
+    return lua_yieldk(L, 1, ctx, k);
+  }
+  pin(L, ts);
+  return 0;
+}
+
+/* ----------------------------------------------------- switching */
+
+static int switch_done(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  gl_ts *ts = gl_ts_find(mt_universe_of(L));
   mt_set_running(L);
+  if (ts->current->kind == GL_MAIN) mt_check_interrupt(L);
+  gl_raise_pending(L);
+  return lua_gettop(L) - (int)base;
+}
+
+static void check_switchable(lua_State *L, gl_ts *ts, gl_gr *x) {
+  if (x->ts != ts)
+    mt_raise(L, "greenlet.error", "cannot switch to a different thread");
+  if (ts->closing)
+    mt_raise(L, "greenlet.error", "cannot switch while a collected greenlet is unwound");
+}
+
+/* Moves n values (or, throwing, the exception) from L's top to x and
+** switches to it; the base of the caller's own stack is 'base'. */
+static int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
+  gl_ts *ts = gl_ts_get(L);
+  check_switchable(L, ts, x);
+  x = live(x);
+  while (x->state == GL_NEW && throwing) {   /* killed before it started */
+    int exit = mt_isinstance(L, -1, "greenlet.GreenletExit");
+    x->state = GL_DEAD;
+    x = live(x->parent);
+    if (exit) { throwing = 0; n = 1; }
+  }
+  if (x == ts->current) {
+    if (throwing) return lua_error(L);
+    return n;
+  }
+  int base = lua_gettop(L) - (throwing ? 1 : n);
+  gl_deliver(L, x, n, throwing);
+  ts->next = x;
+  gl_suspend(L, ts, 0, base, switch_done);
+  return switch_done(L, LUA_OK, base);
+}
+
+static int gr_switch(lua_State *L) {
+  gl_gr *x = gl_check(L, 1);
+  return do_switch(L, x, lua_gettop(L) - 1, 0);
+}
+
+/* throw(exc?): raises exc (default GreenletExit) in the greenlet. */
+static int gr_throw(lua_State *L) {
+  gl_gr *x = gl_check(L, 1);
+  lua_settop(L, 2);
+  if (lua_isnil(L, 2)) {
+    mt_push_class(L, "greenlet.GreenletExit");
+    lua_replace(L, 2);
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, "mtlua.prelude");   /* a class: make one */
+  lua_getfield(L, -1, "is_class");
+  lua_pushvalue(L, 2);
+  int is_cls = lua_gettable(L, -2) != LUA_TNIL;
+  lua_pop(L, 3);
+  if (is_cls) {
+    lua_pushvalue(L, 2);
+    lua_call(L, 0, 1);
+    lua_replace(L, 2);
+  }
+  return do_switch(L, x, 0, 1);
+}
+
+/* -------------------------------------------------- attributes */
+
+static int gr_getcurrent(lua_State *L) {
+  gl_ts *ts = gl_ts_get(L);
+  gl_push(L, ts->current);
+  return 1;
+}
+
+static void push_parent(lua_State *L, gl_gr *g) {
+  if (g->parent == NULL) { lua_pushnil(L); return; }
+  gl_push(L, g->parent);
+}
+
+/* the computed fields: dead, parent, run, gr_frame... */
+static int gr_getattr(lua_State *L) {
+  gl_gr *g = gl_test(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (g == NULL || k == NULL) return 0;
+  if (strcmp(k, "dead") == 0) {
+    lua_pushboolean(L, g->state == GL_DEAD || (g->kind == GL_MAIN && g->ts->thread->dead));
+  } else if (strcmp(k, "parent") == 0) {
+    push_parent(L, g);
+  } else if (strcmp(k, "run") == 0 && g->state == GL_NEW && g->co != NULL) {
+    lua_pushvalue(g->co, 2);
+    lua_xmove(g->co, L, 1);
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
+/* __index of the greenlet class itself: the class first (methods stay
+** fast), then the computed fields.  Subclasses use the prelude's
+** __getattr__ route. */
+static int gr_index(lua_State *L) {
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  return gr_getattr(L);
+}
+
+static void set_parent(lua_State *L, gl_gr *g) {
+  gl_gr *p = gl_test(L, 3);
+  if (p == NULL)
+    mt_raise(L, "TypeError", "parent must be a greenlet");
+  if (g->kind != GL_PLAIN)
+    mt_raise(L, "ValueError", "cannot set the parent of a main greenlet");
+  if (p->ts != g->ts)
+    mt_raise(L, "ValueError", "parent cannot be on a different thread");
+  for (gl_gr *q = p; q != NULL; q = q->parent)
+    if (q == g) mt_raise(L, "ValueError", "cyclic parent chain");
+  g->parent = p;
+  push_ud(L, 1);
+  push_ud(L, 3);
+  lua_setiuservalue(L, -2, 2);
+  lua_pop(L, 1);
+}
+
+static int gr_newindex(lua_State *L) {
+  gl_gr *g = gl_test(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (g != NULL && k != NULL && strcmp(k, "parent") == 0) {
+    set_parent(L, g);
+    return 0;
+  }
+  if (g != NULL && k != NULL && strcmp(k, "run") == 0 && g->state == GL_NEW && g->co) {
+    lua_pushvalue(L, 3);
+    lua_xmove(L, g->co, 1);
+    lua_replace(g->co, 2);
+    return 0;
+  }
+  if (g != NULL && k != NULL && strcmp(k, "dead") == 0)
+    return mt_raise(L, "AttributeError", "attribute 'dead' of greenlet is not writable");
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 0;
+}
+
+static int gr_is_active(lua_State *L) {
+  gl_gr *g = gl_check(L, 1);
+  lua_pushboolean(L, g->state != GL_NEW && g->state != GL_DEAD);
+  return 1;
+}
+
+static int gr_started(lua_State *L) {
+  gl_gr *g = gl_check(L, 1);
+  lua_pushboolean(L, g->state != GL_NEW);
+  return 1;
+}
+
+static int is_callable(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TFUNCTION) return 1;
+  if (luaL_getmetafield(L, idx, "__call") != LUA_TNIL) { lua_pop(L, 1); return 1; }
+  return 0;
+}
+
+/* _init(self, run, parent) from greenlet.__init__ */
+static int gr_init(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 3);
+  if (!is_callable(L, 2))
+    return mt_argtype_error(L, 2, "greenlet", "run", "callable");
+  gl_ts *ts = gl_ts_get(L);
+  gl_gr *parent = ts->current;
+  if (!lua_isnil(L, 3)) {
+    parent = gl_test(L, 3);
+    if (parent == NULL) return mt_argtype_error(L, 3, "greenlet", "parent", "a greenlet");
+    if (parent->ts != ts) return mt_raise(L, "ValueError", "parent cannot be on a different thread");
+  } else {
+    gl_push(L, parent);
+    lua_replace(L, 3);
+  }
+  lua_pushvalue(L, 2);
+  new_gr(L, ts, GL_PLAIN, parent, 3, 1);
+  return 0;
+}
+
+static int gr_tostring(lua_State *L) {
+  gl_gr *g = gl_check(L, 1);
+  const char *st = g->state == GL_DEAD ? " dead" : (g->state == GL_NEW ? "" : " active");
+  if (g->kind == GL_MAIN) st = " current active started main";
+  lua_getfield(L, 1, "__name__");
+  lua_pushfstring(L, "<%s object at %p (otid=%p)%s>",
+                  lua_isstring(L, -1) ? lua_tostring(L, -1) : "greenlet",
+                  lua_topointer(L, 1), (void *)g->ts, st);
+  return 1;
+}
+
+/* ----------------------------------------------- collection */
+
+/* Closes a suspended greenlet's coroutine: its <close> variables run. */
+static void unwind(gl_ts *ts, lua_State *co) {
+  if (co == NULL || lua_status(co) != LUA_YIELD) return;
+  ts->closing++;
+  if (lua_resetthread(co) != LUA_OK) lua_settop(co, 0);
+  ts->closing--;
+}
+
+static int gr_gc(lua_State *L) {
+  gl_gr *g = lua_touserdata(L, 1);
+  if (g->throw_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, g->throw_ref);
+    g->throw_ref = LUA_NOREF;
+  }
+  if (g->state != GL_SUSPENDED || g->co == NULL) return 0;
+  g->state = GL_DEAD;
+  gl_ts *here = gl_ts_find(mt_universe_of(L));
+  if (here == g->ts) {
+    unwind(g->ts, g->co);
+    return 0;
+  }
+  /* another thread's greenlet: its own thread unwinds it */
+  gl_ts *ts = g->ts;
+  if (ts->thread == NULL || ts->thread->dead) return 0;
+  if (ts->ndeferred == ts->cdeferred) {
+    int c = ts->cdeferred ? ts->cdeferred * 2 : 8;
+    int *d = realloc(ts->deferred, c * sizeof *d);
+    if (d == NULL) return 0;
+    ts->deferred = d;
+    ts->cdeferred = c;
+  }
+  lua_getiuservalue(L, 1, 3);
+  ts->deferred[ts->ndeferred++] = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* -------------------------------------------- module _greenlet */
+
+static int gl_register(lua_State *L) {   /* _register(qualname, cls) */
+  luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  mt_register_class(L, lua_tostring(L, 1), 2);
+  return 0;
+}
+
+/* _setclass(cls): the greenlet class; installs its fast __index. */
+static int gl_setclass(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, GR_CLASS);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, gr_index, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &GR_CLASS);   /* keep it */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &GR_CLASS);
+  lua_setfield(L, 1, "__index");
+  return 0;
+}
+
+static int gl_getmain(lua_State *L) {
+  gl_ts *ts = gl_ts_get(L);
+  gl_push(L, ts->main);
+  return 1;
+}
+
+static const luaL_Reg gl_funcs[] = {
+  {"init", gr_init},
+  {"switch", gr_switch},
+  {"throw", gr_throw},
+  {"is_active", gr_is_active},
+  {"started", gr_started},
+  {"getattr", gr_getattr},
+  {"newindex", gr_newindex},
+  {"tostring", gr_tostring},
+  {"getcurrent", gr_getcurrent},
+  {"getmain", gl_getmain},
+  {"_register", gl_register},
+  {"_setclass", gl_setclass},
+  {NULL, NULL}
+};
+
+static void raise_pending_hook(lua_State *L) {
+  gl_ts *ts = gl_ts_find(mt_universe_of(L));
+  if (ts != NULL && ts->current->throw_ref != LUA_NOREF) gl_raise_pending(L);
+}
+
+int luaopen_mt_greenlet(lua_State *L) {
+  if (luaL_newmetatable(L, GR_UDMT)) {
+    lua_pushcfunction(L, gr_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, GR_WEAK) != LUA_TTABLE) {
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, GR_WEAK);
+  }
+  lua_pop(L, 1);
+  mt_universe_of(L)->raise_pending = raise_pending_hook;
+  hub_install(mt_universe_of(L));
+  luaL_newlib(L, gl_funcs);
+  return 1;
+}
+
+/* ------------------------------------- coroutine.resume and wrap */
+
+/* Resumes co with narg values from L's top.  A greenlet switch made
+** inside co arrives as a tagged yield: the current greenlet is switched
+** away (yielding L in turn, continuing in k, or pinning), and when it
+** is switched back the values go on into co.  Returns the number of
+** results moved to L, or -1 with the error on L's top. */
+static int resume_values(lua_State *L, lua_State *co, int narg, lua_KFunction k) {
+  int status, nres;
+  for (;;) {
+    if (!lua_checkstack(co, narg)) {
+      lua_pushliteral(L, "too many arguments to resume");
+      return -1;
+    }
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+      lua_pushliteral(L, "cannot resume dead coroutine");
+      return -1;
+    }
+    lua_xmove(L, co, narg);
+    mt_prepare_resume(L, co);
+    status = lua_resume(co, L, narg, &nres);
+    mt_set_running(L);
+    if (status == LUA_YIELD && nres == 1 && is_tag(co, -1)) {
+      int base = lua_gettop(L);
+      lua_pop(co, 1);
+      gl_suspend(L, gl_ts_get(L), 0, base, k);
+      narg = lua_gettop(L) - base;
+      continue;
+    }
+    break;
+  }
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, nres + 1)) {
       lua_pop(co, nres);
@@ -47,14 +785,7 @@ static lua_State *checkco(lua_State *L, int idx) {
   return co;
 }
 
-static int co_resume(lua_State *L) {
-  lua_State *co = checkco(L, 1);
-  if (co == L) {
-    lua_pushboolean(L, 0);
-    lua_pushliteral(L, "cannot resume non-suspended coroutine");
-    return 2;
-  }
-  int r = resume_values(L, co, lua_gettop(L) - 1);
+static int resume_finish(lua_State *L, int r) {
   mt_check_interrupt(L);
   if (r < 0) {
     lua_pushboolean(L, 0);
@@ -66,9 +797,22 @@ static int co_resume(lua_State *L) {
   return r + 1;
 }
 
-static int wrapped(lua_State *L) {
-  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
-  int r = resume_values(L, co, lua_gettop(L));
+static int co_resume_k(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  return resume_finish(L, resume_values(L, checkco(L, 1), lua_gettop(L) - (int)base, co_resume_k));
+}
+
+static int co_resume(lua_State *L) {
+  lua_State *co = checkco(L, 1);
+  if (co == L) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "cannot resume non-suspended coroutine");
+    return 2;
+  }
+  return resume_finish(L, resume_values(L, co, lua_gettop(L) - 1, co_resume_k));
+}
+
+static int wrap_finish(lua_State *L, lua_State *co, int r) {
   mt_check_interrupt(L);
   if (r < 0) {
     int stat = lua_status(co);
@@ -86,6 +830,17 @@ static int wrapped(lua_State *L) {
   return r;
 }
 
+static int wrapped_k(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  return wrap_finish(L, co, resume_values(L, co, lua_gettop(L) - (int)base, wrapped_k));
+}
+
+static int wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  return wrap_finish(L, co, resume_values(L, co, lua_gettop(L), wrapped_k));
+}
+
 static int co_wrap(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_State *co = lua_newthread(L);
@@ -95,14 +850,39 @@ static int co_wrap(lua_State *L) {
   return 1;
 }
 
+/* coroutine.yield: a greenlet's own coroutine has nobody to yield to */
+static int co_yield(lua_State *L) {
+  gl_ts *ts = tls_ts;
+  if (ts != NULL && ts->current->co == L && ts->U == mt_universe_of(L))
+    return luaL_error(L, "attempt to yield across a greenlet (use switch)");
+  return lua_yield(L, lua_gettop(L));
+}
+
+/* coroutine.greenlet, coroutine.spawn...: loaded on first use */
+static int co_index(lua_State *L) {
+  const char *k = luaL_checkstring(L, 2);
+  const char *mod = (strcmp(k, "greenlet") == 0 || strcmp(k, "getcurrent") == 0
+                     || strcmp(k, "GreenletExit") == 0) ? "greenlet" : "gevent";
+  lua_getglobal(L, "require");
+  lua_pushstring(L, mod);
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, k);
+  return 1;
+}
+
 static const luaL_Reg co_funcs[] = {
   {"resume", co_resume},
   {"wrap", co_wrap},
+  {"yield", co_yield},
   {NULL, NULL}
 };
 
 int luaopen_mt_coroutine(lua_State *L) {
   lua_getglobal(L, "coroutine");
   luaL_setfuncs(L, co_funcs, 0);
+  lua_newtable(L);
+  lua_pushcfunction(L, co_index);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
   return 1;
 }

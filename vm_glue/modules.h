@@ -21,6 +21,8 @@ int luaopen_mt_pool(lua_State *L);        /* lua_bindings/pool.c */
 int luaopen_mt_os(lua_State *L);          /* lua_bindings/os.c */
 int luaopen_mt_io(lua_State *L);          /* lua_bindings/io.c */
 int luaopen_mt_coroutine(lua_State *L);   /* lua_bindings/coroutine.c */
+int luaopen_mt_greenlet(lua_State *L);    /* lua_bindings/coroutine.c */
+int luaopen_mt_hub(lua_State *L);         /* lua_bindings/hub.c */
 
 int luaopen_mt_multiprocessing(lua_State *L);  /* lua_bindings/multiprocessing.c */
 int luaopen_mt_shm(lua_State *L);            /* lua_bindings/shm.c */

@@ -1,0 +1,626 @@
+/*
+** hub.c -- gevent's hub (module "_hub", wrapped by lib/gevent.lua): one
+** per OS thread, a libuv loop plus a queue of greenlets ready to run.
+**
+** The hub is a pseudo-greenlet: switching to it makes the trampoline
+** (coroutine.c) call hub_next(), which picks the next ready greenlet,
+** or else runs the loop with the GIL released until something is
+** ready.  libuv callbacks run in the hub's thread without the GIL, so
+** they only record what fired (a list private to that thread); the hub
+** turns those records into ready greenlets once it holds the GIL again.
+** Wake-ups from other OS threads (a thread releasing a Lock a greenlet
+** waits for) hold the GIL: they queue the greenlet and uv_async_send.
+**
+** The ready queue holds (greenlet, value) pairs in a Lua table used as a
+** ring (so the greenlets are anchored), with a mode per slot in C.
+*/
+#define _GNU_SOURCE
+#include <math.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "coroutine.h"
+
+typedef struct hub_timer hub_timer;
+
+typedef struct gl_hub {
+  uv_loop_t loop;
+  uv_async_t async;
+  gl_ts *ts;
+  int ring_ref;               /* registry: the ring table */
+  int cap, head, count;       /* ring slots, 2 Lua values each */
+  unsigned char *modes;
+  gl_gr *wakes, *wakes_tail;  /* woken mt_wait greenlets (GIL) */
+  hub_timer *fired;           /* fired during uv_run (hub thread) */
+  int external;               /* greenlets waiting in mt_wait */
+  double last_poll;
+  struct gl_hub *next_main;
+} gl_hub;
+
+enum { MODE_SWITCH, MODE_THROW };
+enum { T_WAIT, T_SCHED, T_POLL };
+
+struct hub_timer {
+  uv_timer_t h;
+  gl_hub *hub;
+  int kind, mode;
+  int ref;                    /* T_SCHED: registry {g, value} */
+  gl_gr *g;                   /* T_WAIT */
+  int fired, cancelled;
+  hub_timer *next_fired;
+};
+
+/* ----------------------------------------------- the main hubs */
+
+/* on_interrupt runs in the SIGINT watcher thread: it finds the main
+** thread's hub here, under a mutex. */
+static pthread_mutex_t mains_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct { mt_universe *U; gl_hub *h; } mains[16];
+static mt_universe *patched[16];
+
+static void set_main_hub(mt_universe *U, gl_hub *h) {
+  pthread_mutex_lock(&mains_mutex);
+  for (int i = 0; i < 16; i++)
+    if (mains[i].U == NULL || mains[i].U == U) { mains[i].U = U; mains[i].h = h; break; }
+  pthread_mutex_unlock(&mains_mutex);
+}
+
+static int is_patched(mt_universe *U) {
+  for (int i = 0; i < 16; i++) if (patched[i] == U) return 1;
+  return 0;
+}
+
+/* ------------------------------------------------------- the ring */
+
+static void ring_push(lua_State *L, gl_hub *h, int mode) {   /* g, v on top */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ring_ref);
+  if (h->count == h->cap) {           /* grow: copy in order */
+    int ncap = h->cap * 2;
+    unsigned char *m = malloc(ncap);
+    if (m == NULL) luaL_error(L, "not enough memory");
+    lua_createtable(L, 2 * ncap, 0);
+    for (int i = 0; i < h->count; i++) {
+      int s = (h->head + i) % h->cap;
+      lua_rawgeti(L, -2, 2 * s + 1);
+      lua_rawseti(L, -2, 2 * i + 1);
+      lua_rawgeti(L, -2, 2 * s + 2);
+      lua_rawseti(L, -2, 2 * i + 2);
+      m[i] = h->modes[s];
+    }
+    free(h->modes);
+    h->modes = m;
+    h->head = 0;
+    h->cap = ncap;
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, LUA_REGISTRYINDEX, h->ring_ref);
+    lua_remove(L, -2);
+  }
+  int s = (h->head + h->count) % h->cap;
+  lua_insert(L, -3);                  /* ring, g, v */
+  lua_rawseti(L, -3, 2 * s + 2);
+  lua_rawseti(L, -2, 2 * s + 1);
+  lua_pop(L, 1);
+  h->modes[s] = (unsigned char)mode;
+  h->count++;
+}
+
+/* Pushes g, v of the oldest entry; returns its mode. */
+static int ring_pop(lua_State *L, gl_hub *h) {
+  int s = h->head;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ring_ref);
+  lua_rawgeti(L, -1, 2 * s + 1);
+  lua_rawgeti(L, -2, 2 * s + 2);
+  lua_pushnil(L);
+  lua_rawseti(L, -4, 2 * s + 1);
+  lua_pushnil(L);
+  lua_rawseti(L, -4, 2 * s + 2);
+  lua_remove(L, -3);
+  h->head = (h->head + 1) % h->cap;
+  h->count--;
+  return h->modes[s];
+}
+
+/* --------------------------------------------------------- timers */
+
+static void timer_cb(uv_timer_t *handle) {   /* no GIL: record only */
+  hub_timer *t = handle->data;
+  gl_hub *h = t->hub;
+  t->fired = 1;
+  t->next_fired = h->fired;
+  h->fired = t;
+}
+
+static void timer_free_cb(uv_handle_t *handle) { free(handle->data); }
+
+static uint64_t ms_until(gl_hub *h, double seconds) {
+  if (seconds <= 0) return 0;
+  double ms = ceil(seconds * 1000.0 - 1e-6);
+  (void)h;
+  return ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms;
+}
+
+static hub_timer *timer_start(lua_State *L, gl_hub *h, double seconds, int kind) {
+  hub_timer *t = calloc(1, sizeof *t);
+  if (t == NULL) luaL_error(L, "not enough memory");
+  t->hub = h;
+  t->kind = kind;
+  t->ref = LUA_NOREF;
+  uv_timer_init(&h->loop, &t->h);
+  t->h.data = t;
+  uv_update_time(&h->loop);   /* the loop's clock is stale after Lua ran */
+  uv_timer_start(&t->h, timer_cb, ms_until(h, seconds), 0);
+  return t;
+}
+
+/* Stops and frees a timer (GIL held, hub thread). */
+static void timer_close(lua_State *L, hub_timer *t) {
+  if (t->cancelled) return;
+  t->cancelled = 1;
+  if (t->ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    t->ref = LUA_NOREF;
+  }
+  uv_timer_stop(&t->h);
+  uv_close((uv_handle_t *)&t->h, timer_free_cb);
+}
+
+static void queue_wake(gl_hub *h, gl_gr *g) {
+  if (g->wake_queued) return;
+  g->wake_queued = 1;
+  g->wake_next = NULL;
+  if (h->wakes_tail) h->wakes_tail->wake_next = g;
+  else h->wakes = g;
+  h->wakes_tail = g;
+}
+
+/* After uv_run, with the GIL: what fired becomes ready.  Oldest first,
+** so timers keep their order. */
+static void process_fired(lua_State *L, gl_hub *h) {
+  hub_timer *list = NULL;
+  while (h->fired) {           /* reverse: the list was built LIFO */
+    hub_timer *t = h->fired;
+    h->fired = t->next_fired;
+    t->next_fired = list;
+    list = t;
+  }
+  for (hub_timer *t = list, *nx; t != NULL; t = nx) {
+    nx = t->next_fired;
+    if (t->cancelled) continue;
+    if (t->kind == T_WAIT) {
+      gl_gr *g = t->g;
+      if (g != NULL && g->wait_timer == t && g->wait_result < 0) {
+        g->wait_result = MT_TIMEDOUT;
+        queue_wake(h, g);
+      }
+    } else if (t->kind == T_POLL) {
+      gl_gr *g = t->g;
+      if (g->wait_result < 0) g->wait_result = MT_WOKEN;
+      queue_wake(h, g);
+    } else if (t->kind == T_SCHED && t->ref != LUA_NOREF) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, -2, 2);
+      lua_remove(L, -3);
+      ring_push(L, h, t->mode);
+      luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+      t->ref = LUA_NOREF;
+    }
+  }
+}
+
+/* ------------------------------------------------------ the loop */
+
+static void async_cb(uv_async_t *a) { (void)a; }
+
+static gl_hub *hub_get(lua_State *L) {
+  gl_ts *ts = gl_ts_get(L);
+  if (ts->hub != NULL) return ts->hub;
+  gl_hub *h = calloc(1, sizeof *h);
+  if (h == NULL) luaL_error(L, "not enough memory");
+  if (uv_loop_init(&h->loop) != 0) { free(h); luaL_error(L, "cannot make the event loop"); }
+  uv_async_init(&h->loop, &h->async, async_cb);
+  uv_unref((uv_handle_t *)&h->async);
+  h->ts = ts;
+  h->cap = 64;
+  h->modes = malloc(h->cap);
+  lua_createtable(L, 2 * h->cap, 0);
+  h->ring_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  gl_new_hub(L, ts);
+  ts->hub = h;
+  if (ts->thread != NULL && ts->thread->is_main) set_main_hub(ts->U, h);
+  return h;
+}
+
+static double now_coarse(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void run_loop(gl_hub *h, lua_State *T, uv_run_mode mode) {
+  if (h->external > 0) uv_ref((uv_handle_t *)&h->async);
+  else uv_unref((uv_handle_t *)&h->async);
+  mt_blocking_begin(T);
+  uv_run(&h->loop, mode);
+  mt_blocking_end(T);
+  h->last_poll = now_coarse();
+  process_fired(T, h);
+}
+
+static int interrupted(gl_ts *ts) {
+  return ts->thread != NULL && ts->thread->is_main && atomic_load(&ts->thread->interrupt);
+}
+
+static void report_hub_error(lua_State *T, gl_gr *hubgr) {
+  lua_rawgeti(T, LUA_REGISTRYINDEX, hubgr->throw_ref);
+  luaL_unref(T, LUA_REGISTRYINDEX, hubgr->throw_ref);
+  hubgr->throw_ref = LUA_NOREF;
+  mt_format_error(T, -1);
+  fprintf(stderr, "%s\n", lua_tostring(T, -1));
+  fflush(stderr);
+  lua_pop(T, 2);
+}
+
+/* A pinned mt_wait greenlet, or the oldest ready one, or main with an
+** exception (Ctrl-C, or nothing left that could ever wake it). */
+gl_gr *hub_next(gl_ts *ts) {
+  gl_hub *h = ts->hub;
+  lua_State *T = ts->Ltr;
+  if (h == NULL) { ts->nnext = 0; return ts->main; }
+  if (ts->hubgr->throw_ref != LUA_NOREF) report_hub_error(T, ts->hubgr);
+  for (;;) {
+    if (h->wakes != NULL) {
+      gl_gr *g = h->wakes;
+      h->wakes = g->wake_next;
+      if (h->wakes == NULL) h->wakes_tail = NULL;
+      g->wake_queued = 0;
+      if (g->state == GL_PINNED && g->waiter != NULL) { ts->nnext = 0; return g; }
+      continue;
+    }
+    if (h->count > 0) {
+      if (now_coarse() - h->last_poll > 0.001) run_loop(h, T, UV_RUN_NOWAIT);
+      int mode = ring_pop(T, h);
+      gl_gr *g = gl_test(T, -2);
+      if (g == NULL || g->ts != ts || g->state == GL_DEAD || g->kind == GL_HUB
+          || (g->state == GL_PINNED && g->waiter != NULL)) {
+        lua_pop(T, 2);   /* stale: gone, or waiting in mt_wait */
+        continue;
+      }
+      lua_remove(T, -2);
+      if (g->state == GL_NEW && mode == MODE_THROW) {   /* never started */
+        lua_pop(T, 1);
+        continue;
+      }
+      gl_deliver(T, g, 1, mode == MODE_THROW);
+      return g;
+    }
+    if (interrupted(ts) && ts->main->state == GL_PINNED) {
+      if (ts->main->waiter) ts->main->wait_result = MT_INTERRUPTED;
+      ts->nnext = 0;
+      return ts->main;
+    }
+    if (!uv_loop_alive(&h->loop) && h->external == 0) {
+      if (ts->main->state != GL_PINNED) { ts->nnext = 0; return ts->main; }
+      mt_push_exception(T, "gevent.LoopExit", "This operation would block forever");
+      gl_deliver(T, ts->main, 0, 1);
+      if (ts->main->waiter) ts->main->wait_result = MT_INTERRUPTED;
+      return ts->main;
+    }
+    run_loop(h, T, UV_RUN_ONCE);
+  }
+}
+
+/* ------------------------------------------- the mt_wait hooks */
+
+/* The current greenlet waits, pinned, until w is woken, the deadline
+** passes, or an exception is thrown into it. */
+static int pinned_wait(lua_State *L, gl_ts *ts, mt_waiter *w, double deadline) {
+  gl_hub *h = ts->hub;
+  gl_gr *g = ts->current;
+  hub_timer *t = NULL;
+  if (ts->thread && atomic_load(&ts->thread->interrupt)) return MT_INTERRUPTED;
+  w->greenlet = g;
+  g->waiter = w;
+  g->wait_result = -1;
+  if (deadline >= 0) {
+    t = timer_start(L, h, deadline - mt_monotonic(), T_WAIT);
+    t->g = g;
+  }
+  g->wait_timer = t;
+  h->external++;
+  while (g->wait_result < 0 && !w->woken && !gl_has_pending(g)) {
+    ts->next = ts->hubgr;
+    ts->nnext = 0;
+    gl_suspend(L, ts, 1, 0, NULL);
+    lua_settop(L, lua_gettop(L) - ts->nnext);   /* values: dropped */
+  }
+  h->external--;
+  g->waiter = NULL;
+  g->wait_timer = NULL;
+  w->greenlet = NULL;
+  if (t != NULL) timer_close(L, t);
+  if (gl_has_pending(g) || g->wait_result == MT_INTERRUPTED) return MT_INTERRUPTED;
+  if (w->woken) return MT_WOKEN;
+  return g->wait_result < 0 ? MT_WOKEN : g->wait_result;
+}
+
+static int hook_wait(lua_State *L, mt_waiter *w, double deadline) {
+  mt_universe *U = mt_universe_of(L);
+  if (!is_patched(U)) return -1;
+  gl_ts *ts = gl_ts_find(U);
+  if (ts == NULL || ts->hub == NULL || ts->closing || ts->current->kind == GL_HUB) return -1;
+  return pinned_wait(L, ts, w, deadline);
+}
+
+/* GIL held, any OS thread. */
+static void hook_wake(mt_waiter *w) {
+  gl_gr *g = w->greenlet;
+  if (g == NULL || g->waiter != w) return;
+  gl_hub *h = g->ts->hub;
+  if (g->wait_result < 0) g->wait_result = MT_WOKEN;
+  queue_wake(h, g);
+  if (g->ts->thread != mt_thread_self_in(g->ts->U)) uv_async_send(&h->async);
+}
+
+static void *hook_owner(lua_State *L) {
+  mt_universe *U = mt_universe_of(L);
+  if (!is_patched(U)) return NULL;
+  gl_ts *ts = gl_ts_find(U);
+  if (ts == NULL || ts->current->kind != GL_PLAIN) return NULL;
+  return ts->current;
+}
+
+typedef struct fd_wait {
+  uv_poll_t p;
+  hub_timer rec;   /* the record poll_cb puts on the fired list */
+} fd_wait;
+
+static void poll_cb(uv_poll_t *p, int status, int events) {   /* no GIL */
+  fd_wait *fw = p->data;
+  (void)status; (void)events;
+  uv_poll_stop(p);
+  if (fw->rec.fired) return;
+  fw->rec.fired = 1;
+  fw->rec.next_fired = fw->rec.hub->fired;
+  fw->rec.hub->fired = &fw->rec;
+}
+
+static void poll_free_cb(uv_handle_t *handle) { free(handle->data); }
+
+static int hook_wait_fd(lua_State *L, int fd, int events, double deadline, int force) {
+  mt_universe *U = mt_universe_of(L);
+  if (!force && !is_patched(U)) return -1;
+  gl_ts *ts = force ? gl_ts_get(L) : gl_ts_find(U);
+  if (ts == NULL || ts->closing || ts->current->kind == GL_HUB) return -1;
+  if (!force && ts->hub == NULL) return -1;
+  gl_hub *h = hub_get(L);
+  fd_wait *fw = calloc(1, sizeof *fw);
+  if (fw == NULL) return -1;
+  if (uv_poll_init(&h->loop, &fw->p, fd) != 0) { free(fw); return -1; }
+  fw->p.data = fw;
+  fw->rec.hub = h;
+  fw->rec.kind = T_POLL;
+  fw->rec.g = ts->current;
+  fw->rec.ref = LUA_NOREF;
+  uv_poll_start(&fw->p, ((events & POLLIN) ? UV_READABLE : 0)
+                        | ((events & POLLOUT) ? UV_WRITABLE : 0), poll_cb);
+  ts->current->wait_timer = NULL;
+  mt_waiter w;
+  mt_waiter_init(L, &w);
+  int r = pinned_wait(L, ts, &w, deadline);
+  fw->rec.cancelled = 1;
+  uv_poll_stop(&fw->p);
+  uv_close((uv_handle_t *)&fw->p, poll_free_cb);
+  return r;
+}
+
+static void hook_after_fork(mt_universe *U) {
+  gl_ts *ts = gl_ts_find(U);
+  if (ts != NULL && ts->hub != NULL) {
+    uv_loop_fork(&ts->hub->loop);
+    ts->hub->wakes = ts->hub->wakes_tail = NULL;
+    ts->hub->external = 0;
+    if (ts->thread && ts->thread->is_main) set_main_hub(U, ts->hub);
+  }
+}
+
+static void hook_interrupt(mt_universe *U) {   /* the watcher thread */
+  pthread_mutex_lock(&mains_mutex);
+  for (int i = 0; i < 16; i++)
+    if (mains[i].U == U && mains[i].h != NULL) uv_async_send(&mains[i].h->async);
+  pthread_mutex_unlock(&mains_mutex);
+}
+
+void hub_install(mt_universe *U) {
+  U->greenlet_wake = hook_wake;
+  U->greenlet_wait_fd = hook_wait_fd;
+  U->after_fork_child = hook_after_fork;
+  U->on_interrupt = hook_interrupt;
+}
+
+/* ------------------------------------------------- module _hub */
+
+static gl_gr *current_gr(lua_State *L) { return gl_ts_get(L)->current; }
+
+/* Switches the current greenlet to the hub; returns what it is woken
+** with. */
+static int switch_k(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  gl_gr *cur = current_gr(L);
+  mt_set_running(L);
+  if (cur->kind == GL_MAIN) mt_check_interrupt(L);
+  gl_raise_pending(L);
+  return lua_gettop(L) - (int)base;
+}
+
+static int to_hub(lua_State *L, lua_KContext base, lua_KFunction k) {
+  gl_ts *ts = gl_ts_get(L);
+  hub_get(L);
+  if (ts->current->kind == GL_HUB)
+    return mt_raise(L, "gevent.BlockingSwitchOutError", "cannot switch to the hub from the hub");
+  if (ts->closing)
+    return mt_raise(L, "greenlet.error", "cannot switch while a collected greenlet is unwound");
+  ts->next = ts->hubgr;
+  ts->nnext = 0;
+  gl_suspend(L, ts, 0, base, k);
+  return k(L, LUA_OK, base);
+}
+
+static int h_switch(lua_State *L) {
+  lua_settop(L, 0);
+  return to_hub(L, 0, switch_k);
+}
+
+/* schedule(g, value?) / schedule_throw(g, exc) */
+static int schedule(lua_State *L, int mode) {
+  gl_gr *g = gl_check(L, 1);
+  gl_hub *h = hub_get(L);
+  if (g->ts != h->ts) return mt_raise(L, "greenlet.error", "cannot schedule a greenlet of a different thread");
+  lua_settop(L, 2);
+  ring_push(L, h, mode);
+  return 0;
+}
+static int h_schedule(lua_State *L) { return schedule(L, MODE_SWITCH); }
+static int h_schedule_throw(lua_State *L) { return schedule(L, MODE_THROW); }
+
+static double check_seconds(lua_State *L, int idx, const char *fname) {
+  if (lua_isnoneornil(L, idx)) return 0;
+  if (lua_type(L, idx) != LUA_TNUMBER) return mt_argtype_error(L, idx, fname, "seconds", "a number");
+  double s = lua_tonumber(L, idx);
+  if (isnan(s) || s < 0) mt_raise(L, "ValueError", "%s() argument 'seconds' must be non-negative", fname);
+  return s;
+}
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  hub_timer *t = (hub_timer *)ctx;
+  if (t != NULL) timer_close(L, t);
+  lua_settop(L, 0);
+  return switch_k(L, LUA_OK, 0);
+}
+
+/* sleep(seconds=0): 0 lets the other ready greenlets run first. */
+static int h_sleep(lua_State *L) {
+  double s = check_seconds(L, 1, "sleep");
+  gl_hub *h = hub_get(L);
+  gl_ts *ts = h->ts;
+  hub_timer *t = NULL;
+  lua_settop(L, 0);
+  if (s == 0) {
+    gl_push(L, ts->current);
+    lua_pushnil(L);
+    ring_push(L, h, MODE_SWITCH);
+  } else {
+    t = timer_start(L, h, s, T_SCHED);
+    lua_createtable(L, 2, 0);
+    gl_push(L, ts->current);
+    lua_rawseti(L, -2, 1);
+    t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->mode = MODE_SWITCH;
+  }
+  return to_hub(L, (lua_KContext)t, sleep_k);
+}
+
+/* A timer object: timer(seconds, g, value, throw?) schedules g with
+** value (or throws value into it) after seconds; t:cancel(). */
+static const char TIMER_MT[] = "mtlua.hub_timer";
+
+typedef struct timer_box { hub_timer *t; } timer_box;
+
+static int h_timer(lua_State *L) {
+  double s = check_seconds(L, 1, "timer");
+  gl_check(L, 2);
+  gl_hub *h = hub_get(L);
+  timer_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->t = NULL;
+  luaL_setmetatable(L, TIMER_MT);
+  hub_timer *t = timer_start(L, h, s, T_SCHED);
+  b->t = t;
+  t->mode = lua_toboolean(L, 4) ? MODE_THROW : MODE_SWITCH;
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 2);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+static int timer_cancel(lua_State *L) {
+  timer_box *b = luaL_checkudata(L, 1, TIMER_MT);
+  if (b->t != NULL) {
+    gl_ts *ts = gl_ts_find(mt_universe_of(L));
+    if (ts != NULL && ts->hub == b->t->hub) {
+      timer_close(L, b->t);
+      b->t = NULL;
+    }
+  }
+  return 0;
+}
+
+static int timer_pending(lua_State *L) {
+  timer_box *b = luaL_checkudata(L, 1, TIMER_MT);
+  lua_pushboolean(L, b->t != NULL && !b->t->cancelled && b->t->ref != LUA_NOREF);
+  return 1;
+}
+
+static int h_get_hub(lua_State *L) {
+  gl_hub *h = hub_get(L);
+  gl_push(L, h->ts->hubgr);
+  return 1;
+}
+
+static int h_pending(lua_State *L) {
+  gl_hub *h = hub_get(L);
+  lua_pushinteger(L, h->count + (h->wakes != NULL));
+  return 1;
+}
+
+static int h_patch(lua_State *L) {
+  mt_universe *U = mt_universe_of(L);
+  pthread_mutex_lock(&mains_mutex);
+  if (!is_patched(U))
+    for (int i = 0; i < 16; i++) if (patched[i] == NULL) { patched[i] = U; break; }
+  pthread_mutex_unlock(&mains_mutex);
+  U->greenlet_wait = hook_wait;
+  U->owner_of = hook_owner;
+  return 0;
+}
+
+static int h_is_patched(lua_State *L) {
+  lua_pushboolean(L, is_patched(mt_universe_of(L)));
+  return 1;
+}
+
+static const luaL_Reg hub_funcs[] = {
+  {"switch", h_switch},
+  {"schedule", h_schedule},
+  {"schedule_throw", h_schedule_throw},
+  {"sleep", h_sleep},
+  {"timer", h_timer},
+  {"get_hub", h_get_hub},
+  {"pending", h_pending},
+  {"patch", h_patch},
+  {"is_patched", h_is_patched},
+  {NULL, NULL}
+};
+
+static const luaL_Reg timer_methods[] = {
+  {"cancel", timer_cancel},
+  {"pending", timer_pending},
+  {NULL, NULL}
+};
+
+int luaopen_mt_hub(lua_State *L) {
+  if (luaL_newmetatable(L, TIMER_MT)) {
+    luaL_newlib(L, timer_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, timer_cancel);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, hub_funcs);
+  return 1;
+}
