@@ -403,8 +403,11 @@ static void *thread_main(void *arg) {
   lua_settop(L, 0);
   mt_thread_unregister(t);
   luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
-  gil_release(&U->gil, t, 0);
+  /* t goes back to the spares while we hold the GIL: signal now, and
+  ** release as nobody (t may be reused as soon as the GIL is free) */
+  mt_flush_wakes(t);
   mt_thread_free(t);
+  gil_release(&U->gil, NULL, 0);
   return NULL;
 }
 

@@ -72,10 +72,13 @@ void gil_acquire(mt_gil *gil, mt_thread *self) {
 }
 
 void gil_release(mt_gil *gil, mt_thread *self, int forced) {
-  if (self != NULL && self->deferred_head != NULL) mt_flush_wakes(self);
   pthread_mutex_lock(&gil->mutex);
   gil->locked = 0;
   pthread_cond_signal(&gil->cond);
+  pthread_mutex_unlock(&gil->mutex);
+  /* the GIL is free: now the threads woken meanwhile may run */
+  if (self != NULL && self->ndeferred > 0) mt_flush_wakes(self);
+  pthread_mutex_lock(&gil->mutex);
   if (forced) {
     /* wait until another thread has really taken the GIL */
     while (gil->holder == self)

@@ -69,11 +69,14 @@ struct mt_thread {
   pthread_mutex_t park_mutex;
   pthread_cond_t park_cond;
   atomic_int interrupt;      /* SIGINT arrived (main thread only) */
-  /* wake-ups this thread gave while holding the GIL, delivered when it
-  ** lets the GIL go (or at its next hook): a woken thread cannot run
-  ** before that anyway, and waking it earlier only makes it block on
-  ** the GIL again -- two context switches for nothing on one CPU */
-  mt_waiter *deferred_head, *deferred_tail;
+  unsigned long park_seq;    /* which wait of this thread is current */
+  int park_signaled;         /* that wait was signalled (park_mutex) */
+  /* Wake-ups this thread gave while holding the GIL are signalled
+  ** once it has let the GIL go (or at its next hook): a woken thread
+  ** cannot run before that anyway, and waking it earlier only makes it
+  ** block on the GIL again -- extra context switches on one CPU. */
+  struct mt_deferred { mt_thread *thread; unsigned long seq; } deferred[32];
+  int ndeferred;
   mt_thread *next, *prev;    /* the universe's registry, under the GIL */
 };
 
@@ -82,6 +85,9 @@ struct mt_universe {
   lua_State *L;              /* the main state */
   mt_thread *main;
   mt_thread *threads;        /* every registered OS thread */
+  mt_thread *spare;          /* ended threads' records, for reuse: never
+                                freed while the universe lives, so a late
+                                wake-up never touches freed memory */
   int nthreads;
   int threaded;              /* ever had 2+ threads: preemption hooks on */
   int exit_status;           /* asked for by SystemExit/os.exit paths */
@@ -128,7 +134,8 @@ mt_thread *mt_thread_alloc(mt_universe *U, lua_State *Lt, int ref);
 void mt_thread_link(mt_thread *t);
 void mt_thread_bind_self(mt_thread *t);     /* in the new OS thread */
 void mt_thread_unregister(mt_thread *t);    /* GIL held */
-void mt_thread_free(mt_thread *t);
+void mt_thread_free(mt_thread *t);   /* to the universe's spares */
+void mt_universe_free(mt_universe *U);
 /* Turns preemption on: from now on every running Lua thread has the
 ** count hook.  Called when a second OS thread is about to run Lua. */
 void mt_enter_threaded(lua_State *L);
@@ -161,7 +168,7 @@ struct mt_waiter {
   int woken;                /* set by mt_waiter_wake */
   int linked;
   intptr_t data;            /* free for the object waited on */
-  mt_waiter *deferred_next; /* in the waker's deferred list */
+  unsigned long seq;        /* the park_seq of the wait */
 };
 
 typedef struct mt_waitlist {
@@ -178,7 +185,8 @@ void mt_waitlist_remove(mt_waitlist *wl, mt_waiter *w);  /* if linked */
 int mt_wake_one(mt_waitlist *wl);
 int mt_wake_all(mt_waitlist *wl);
 void mt_waiter_wake(mt_waiter *w);
-/* Delivers the wake-ups 'self' deferred (GIL held by self). */
+/* Signals the threads 'self' woke while it held the GIL (called by
+** gil_release after the GIL is free, and by the hook). */
 void mt_flush_wakes(mt_thread *self);
 /* Releases the GIL and blocks until w is woken, 'deadline' passes
 ** (monotonic seconds; < 0: none) or, in the main thread, a SIGINT

@@ -253,9 +253,6 @@ int mtlua_close(lua_State *L) {
   lua_close(L);
   /* daemon threads may still wait for the GIL we keep: the universe
   ** must outlive them, so it is freed only when no thread is left */
-  if (U->nthreads <= 1) {
-    mt_thread_free(U->main);
-    free(U);
-  }
+  if (U->nthreads <= 1) mt_universe_free(U);
   return status;
 }

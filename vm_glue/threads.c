@@ -70,13 +70,25 @@ static void registry_unlink(mt_universe *U, mt_thread *t) {
 }
 
 mt_thread *mt_thread_alloc(mt_universe *U, lua_State *Lt, int ref) {
-  mt_thread *t = calloc(1, sizeof *t);
-  if (t == NULL) return NULL;
+  mt_thread *t = U->spare;
+  if (t != NULL) {   /* reuse: keeps park_seq counting, so old signals miss */
+    U->spare = t->next;
+    unsigned long seq = t->park_seq;
+    pthread_mutex_t m = t->park_mutex;
+    pthread_cond_t c = t->park_cond;
+    memset(t, 0, sizeof *t);
+    t->park_seq = seq;
+    t->park_mutex = m;
+    t->park_cond = c;
+  } else {
+    t = calloc(1, sizeof *t);
+    if (t == NULL) return NULL;
+    park_init(t);
+  }
   t->U = U;
   t->L = t->running = Lt;
   t->ref = ref;
   atomic_init(&t->interrupt, 0);
-  park_init(t);
   return t;
 }
 
@@ -104,11 +116,29 @@ void mt_thread_unregister(mt_thread *t) {
   if (tls_self == t) tls_self = NULL;
 }
 
-/* Only for a thread no waiter can still name (see mt_wake_one). */
+/* GIL held.  The record goes to the spares, not to free(): a wake-up
+** deferred by another thread may still be on its way to it. */
 void mt_thread_free(mt_thread *t) {
-  pthread_mutex_destroy(&t->park_mutex);
-  pthread_cond_destroy(&t->park_cond);
-  free(t);
+  mt_universe *U = t->U;
+  t->next = U->spare;
+  U->spare = t;
+}
+
+static void free_list(mt_thread *t) {
+  while (t != NULL) {
+    mt_thread *next = t->next;
+    pthread_mutex_destroy(&t->park_mutex);
+    pthread_cond_destroy(&t->park_cond);
+    free(t);
+    t = next;
+  }
+}
+
+/* Only when no OS thread of U is left. */
+void mt_universe_free(mt_universe *U) {
+  free_list(U->spare);
+  free_list(U->threads);
+  free(U);
 }
 
 mt_universe *mt_universe_new(lua_State *L) {
@@ -138,7 +168,7 @@ static void mt_hook(lua_State *L, lua_Debug *ar) {
     set_normal_hook(U, L);   /* undo the watcher's count-1 hook */
   if (atomic_load_explicit(&t->interrupt, memory_order_relaxed))
     mt_check_interrupt(L);
-  if (t->deferred_head != NULL) mt_flush_wakes(t);   /* a busy waker */
+  if (t->ndeferred > 0) mt_flush_wakes(t);   /* a busy waker */
   if (atomic_load_explicit(&U->gil.drop_request, memory_order_relaxed)) {
     gil_release(&U->gil, t, 1);
     gil_acquire(&U->gil, t);
@@ -201,7 +231,7 @@ void mt_universe_after_fork_child(mt_universe *U) {
     registry_unlink(U, t);
   }
   park_init(self);
-  self->deferred_head = self->deferred_tail = NULL;   /* to dead threads */
+  self->ndeferred = 0;   /* to threads that are gone */
   mt_interrupt_after_fork_child();
   atomic_store(&self->interrupt, 0);
   self->native_id = (long)syscall(SYS_gettid);

@@ -54,40 +54,41 @@ void mt_waitlist_remove(mt_waitlist *wl, mt_waiter *w) {
   wl->count--;
 }
 
-static void wake_now(mt_waiter *w) {
-  mt_thread *t = w->thread;
+/* Signals wait number seq of thread t, if that wait is still on. */
+static void signal_thread(mt_thread *t, unsigned long seq) {
   pthread_mutex_lock(&t->park_mutex);
-  w->woken = 1;
-  pthread_cond_signal(&t->park_cond);
+  if (t->park_seq == seq) {
+    t->park_signaled = 1;
+    pthread_cond_signal(&t->park_cond);
+  }
   pthread_mutex_unlock(&t->park_mutex);
 }
 
-/* Called with the GIL held, so the waiter (which needs the GIL to
-** return from mt_wait) and its thread stay valid until the wake-up is
-** delivered: at the latest when the waker releases the GIL. */
+/* Called with the GIL held.  The waiter learns it was woken from
+** w->woken, which it reads after taking the GIL back; the signal that
+** makes its thread run is sent when this thread lets the GIL go. */
 void mt_waiter_wake(mt_waiter *w) {
   mt_thread *t = w->thread;
+  w->woken = 1;
   if (w->greenlet != NULL && t->U->greenlet_wake != NULL) {
-    w->woken = 1;
     t->U->greenlet_wake(w);
     return;
   }
   mt_thread *self = mt_thread_self_in(t->U);
-  if (self == NULL || self == t) { wake_now(w); return; }
-  w->deferred_next = NULL;
-  if (self->deferred_tail) self->deferred_tail->deferred_next = w;
-  else self->deferred_head = w;
-  self->deferred_tail = w;
+  if (self == NULL || self == t || self->ndeferred == 32) {
+    signal_thread(t, w->seq);
+    return;
+  }
+  self->deferred[self->ndeferred].thread = t;
+  self->deferred[self->ndeferred].seq = w->seq;
+  self->ndeferred++;
 }
 
 void mt_flush_wakes(mt_thread *self) {
-  mt_waiter *w = self->deferred_head;
-  self->deferred_head = self->deferred_tail = NULL;
-  while (w != NULL) {
-    mt_waiter *next = w->deferred_next;
-    wake_now(w);
-    w = next;
-  }
+  int n = self->ndeferred;
+  self->ndeferred = 0;
+  for (int i = 0; i < n; i++)
+    signal_thread(self->deferred[i].thread, self->deferred[i].seq);
 }
 
 int mt_wake_one(mt_waitlist *wl) {
@@ -114,36 +115,43 @@ static void to_timespec(double t, struct timespec *ts) {
   if (ts->tv_nsec >= 1000000000) { ts->tv_sec++; ts->tv_nsec -= 1000000000; }
 }
 
-static int park(mt_thread *t, mt_waiter *w, double deadline) {
-  int result = MT_WOKEN;
+/* Blocks (GIL released) until the current wait is signalled, the
+** deadline passes or an interrupt comes. */
+static void park(mt_thread *t, double deadline) {
   struct timespec ts;
   if (deadline >= 0) to_timespec(deadline, &ts);
   pthread_mutex_lock(&t->park_mutex);
-  while (!w->woken) {
-    if (atomic_load(&t->interrupt)) { result = MT_INTERRUPTED; break; }
+  while (!t->park_signaled && !atomic_load(&t->interrupt)) {
     if (deadline < 0) pthread_cond_wait(&t->park_cond, &t->park_mutex);
-    else if (pthread_cond_timedwait(&t->park_cond, &t->park_mutex, &ts) == ETIMEDOUT) {
-      if (!w->woken) result = MT_TIMEDOUT;
-      break;
-    }
+    else if (pthread_cond_timedwait(&t->park_cond, &t->park_mutex, &ts) == ETIMEDOUT) break;
   }
   pthread_mutex_unlock(&t->park_mutex);
-  return result;
+}
+
+/* A new wait of t: stale signals meant for earlier waits are ignored. */
+static void begin_wait(mt_thread *t, mt_waiter *w) {
+  pthread_mutex_lock(&t->park_mutex);
+  w->seq = ++t->park_seq;
+  t->park_signaled = 0;
+  pthread_mutex_unlock(&t->park_mutex);
 }
 
 int mt_wait(lua_State *L, mt_waiter *w, double deadline) {
   mt_universe *U = mt_universe_of(L);
   mt_thread *t = w->thread;
-  int result;
   if (U->greenlet_wait != NULL) {
-    result = U->greenlet_wait(L, w, deadline);
+    int result = U->greenlet_wait(L, w, deadline);
     if (result >= 0) return result;   /* < 0: not in a patched greenlet */
   }
+  if (w->woken) return MT_WOKEN;
   if (atomic_load(&t->interrupt)) return MT_INTERRUPTED;
+  begin_wait(t, w);
   gil_release(&U->gil, t, 0);
-  result = park(t, w, deadline);
+  park(t, deadline);
   gil_acquire(&U->gil, t);
-  return result;
+  if (w->woken) return MT_WOKEN;   /* set under the GIL by the waker */
+  if (atomic_load(&t->interrupt)) return MT_INTERRUPTED;
+  return MT_TIMEDOUT;
 }
 
 void mt_blocking_begin(lua_State *L) {
