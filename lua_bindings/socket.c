@@ -40,6 +40,7 @@ typedef struct sk_sock {
   int family, type, proto;
   double timeout;    /* < 0: none (blocking); 0: non-blocking; > 0: seconds */
   int gevent;        /* a gevent.socket: waits always switch greenlets */
+  int read_waits;    /* reads had to wait lately: wait before reading */
 } sk_sock;
 
 typedef union sk_addr {
@@ -199,18 +200,47 @@ static double sk_deadline(sk_sock *s) {
   return s->timeout > 0 ? mt_deadline_after(s->timeout) : -1;
 }
 
-/* One non-blocking syscall of the socket: returns >= 0 or -1 (errno). */
-typedef ssize_t (*sk_op)(sk_sock *s, void *arg);
+/* One non-blocking syscall on fd: returns >= 0 or -1 (errno).  It may
+** run without the GIL, so it gets the fd, not the socket. */
+typedef ssize_t (*sk_op)(int fd, void *arg);
+
+/* A write runs with the GIL released, as in CPython: a peer it wakes
+** can take the GIL at once instead of waking only to wait for it (on
+** one CPU that halves the context switches of a ping-pong). */
+static ssize_t run_op(lua_State *L, sk_sock *s, int events, sk_op op, void *arg) {
+  ssize_t r;
+  int fd = s->fd, err;
+  if (events == POLLIN) return op(fd, arg);
+  mt_blocking_begin(L);
+  r = op(fd, arg);
+  err = errno;
+  mt_blocking_end(L);
+  errno = err;
+  return r;
+}
 
 /* CPython's sock_call: runs op until it does not say EAGAIN, waiting
-** for readiness in between.  Errors raise OSError (its subclass). */
+** for readiness in between.  Reads try first while data keeps coming,
+** but on a socket whose reads had to wait (a request/response peer)
+** they wait first, saving the syscall bound to fail -- CPython always
+** waits first on a socket with a timeout.  'full': a read of that many
+** bytes means more is probably queued.  Errors raise OSError (its
+** subclass). */
 static ssize_t sk_call(lua_State *L, sk_sock *s, int events, sk_op op,
-                       void *arg, double deadline) {
+                       void *arg, double deadline, size_t full) {
+  if (events == POLLIN && s->read_waits && s->timeout != 0) {
+    if (sk_wait(L, s, events, deadline) == MT_TIMEDOUT) sk_raise_timeout(L);
+  }
   for (;;) {
-    ssize_t r = op(s, arg);
-    if (r >= 0) return r;
+    ssize_t r = run_op(L, s, events, op, arg);
+    if (r >= 0) {
+      if (full > 0 && (size_t)r >= full) s->read_waits = 0;
+      return r;
+    }
     int err = errno;
+    if (s->fd < 0) sk_raise_errno(L, EBADF);   /* closed meanwhile */
     if (err == EINTR) { mt_check_interrupt(L); continue; }
+    if (events == POLLIN) s->read_waits = 1;
     if (err != EAGAIN && err != EWOULDBLOCK) sk_raise_errno(L, err);
     if (s->timeout == 0) sk_raise_errno(L, err);   /* BlockingIOError */
     if (sk_wait(L, s, events, deadline) == MT_TIMEDOUT) sk_raise_timeout(L);
@@ -470,10 +500,10 @@ typedef struct accept_arg {
   socklen_t len;
 } accept_arg;
 
-static ssize_t op_accept(sk_sock *s, void *arg) {
+static ssize_t op_accept(int fd, void *arg) {
   accept_arg *a = arg;
   a->len = sizeof a->addr;
-  return accept4(s->fd, &a->addr.sa, &a->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  return accept4(fd, &a->addr.sa, &a->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
 
 /* accept() -> conn, address */
@@ -482,7 +512,7 @@ static int sk_accept(lua_State *L) {
   accept_arg a;
   push_accept_class(L, 1);
   sk_sock *c = sk_pushnew(L, -1, s);   /* before the fd exists: no leak */
-  c->fd = (int)sk_call(L, s, POLLIN, op_accept, &a, sk_deadline(s));
+  c->fd = (int)sk_call(L, s, POLLIN, op_accept, &a, sk_deadline(s), 0);
   sk_pushaddr(L, &a.addr, a.len);
   return 2;
 }
@@ -549,25 +579,25 @@ typedef struct io_arg {
   socklen_t addrlen;
 } io_arg;
 
-static ssize_t op_recv(sk_sock *s, void *arg) {
+static ssize_t op_recv(int fd, void *arg) {
   io_arg *a = arg;
-  return recv(s->fd, a->buf, a->len, a->flags);
+  return recv(fd, a->buf, a->len, a->flags);
 }
 
-static ssize_t op_recvfrom(sk_sock *s, void *arg) {
+static ssize_t op_recvfrom(int fd, void *arg) {
   io_arg *a = arg;
   a->addrlen = sizeof a->addr;
-  return recvfrom(s->fd, a->buf, a->len, a->flags, &a->addr.sa, &a->addrlen);
+  return recvfrom(fd, a->buf, a->len, a->flags, &a->addr.sa, &a->addrlen);
 }
 
-static ssize_t op_send(sk_sock *s, void *arg) {
+static ssize_t op_send(int fd, void *arg) {
   io_arg *a = arg;
-  return send(s->fd, a->buf, a->len, a->flags | MSG_NOSIGNAL);
+  return send(fd, a->buf, a->len, a->flags | MSG_NOSIGNAL);
 }
 
-static ssize_t op_sendto(sk_sock *s, void *arg) {
+static ssize_t op_sendto(int fd, void *arg) {
   io_arg *a = arg;
-  return sendto(s->fd, a->buf, a->len, a->flags | MSG_NOSIGNAL, &a->addr.sa, a->addrlen);
+  return sendto(fd, a->buf, a->len, a->flags | MSG_NOSIGNAL, &a->addr.sa, a->addrlen);
 }
 
 /* recv(bufsize, flags=0) -> string ("" at end of stream) */
@@ -580,7 +610,7 @@ static int sk_recv(lua_State *L) {
   if (n == 0) { lua_pushliteral(L, ""); return 1; }   /* as CPython: no syscall */
   a.len = n;
   a.buf = luaL_buffinitsize(L, &b, n);
-  luaL_pushresultsize(&b, (size_t)sk_call(L, s, POLLIN, op_recv, &a, sk_deadline(s)));
+  luaL_pushresultsize(&b, (size_t)sk_call(L, s, POLLIN, op_recv, &a, sk_deadline(s), n));
   return 1;
 }
 
@@ -593,7 +623,7 @@ static int sk_recvfrom(lua_State *L) {
   a.flags = opt_flags(L, 3, "recvfrom");
   a.len = n;
   a.buf = luaL_buffinitsize(L, &b, n);
-  ssize_t got = sk_call(L, s, POLLIN, op_recvfrom, &a, sk_deadline(s));
+  ssize_t got = sk_call(L, s, POLLIN, op_recvfrom, &a, sk_deadline(s), n);
   luaL_pushresultsize(&b, (size_t)got);
   sk_pushaddr(L, &a.addr, a.addrlen);
   return 2;
@@ -605,7 +635,7 @@ static int sk_send(lua_State *L) {
   io_arg a;
   a.buf = (char *)check_data(L, 2, &a.len, "send");
   a.flags = opt_flags(L, 3, "send");
-  lua_pushinteger(L, (lua_Integer)sk_call(L, s, POLLOUT, op_send, &a, sk_deadline(s)));
+  lua_pushinteger(L, (lua_Integer)sk_call(L, s, POLLOUT, op_send, &a, sk_deadline(s), 0));
   return 1;
 }
 
@@ -622,7 +652,7 @@ static int sk_sendall(lua_State *L) {
   while (len > 0) {
     a.buf = (char *)p;
     a.len = len;
-    size_t n = (size_t)sk_call(L, s, POLLOUT, op_send, &a, deadline);
+    size_t n = (size_t)sk_call(L, s, POLLOUT, op_send, &a, deadline, 0);
     p += n;
     len -= n;
     if (len > 0) mt_check_interrupt(L);
@@ -640,7 +670,7 @@ static int sk_sendto(lua_State *L) {
   if (lua_isnoneornil(L, addridx))
     return mt_raise(L, "TypeError", "sendto() takes 2 or 3 arguments (1 given)");
   a.addrlen = sk_getaddr(L, s->family, addridx, &a.addr, "sendto");
-  lua_pushinteger(L, (lua_Integer)sk_call(L, s, POLLOUT, op_sendto, &a, sk_deadline(s)));
+  lua_pushinteger(L, (lua_Integer)sk_call(L, s, POLLOUT, op_sendto, &a, sk_deadline(s), 0));
   return 1;
 }
 
