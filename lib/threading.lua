@@ -50,6 +50,7 @@ end
 ----------------------------------------------------------------- names
 
 local THIS_FILES = { ["@mtlua/threading.lua"] = true, ["@mtlua/prelude.lua"] = true }
+M._THIS_FILES = THIS_FILES   -- other front ends (gevent) add their files
 
 -- The name the code that made the Thread knows 'target' by: one of its
 -- locals or upvalues (the cheap part, done at creation).
