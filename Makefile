@@ -25,10 +25,15 @@ HEADERS  := $(wildcard vm_glue/*.h)
 # Debian packages: headers and tools the build and the suite need.
 DEPS_CHECK := test -f /usr/include/lua5.4/lua.h && test -f /usr/include/uv.h && \
               command -v pkg-config >/dev/null && command -v prove >/dev/null && \
-              command -v perl >/dev/null && command -v cc >/dev/null
-DEBS := liblua5.4-dev libuv1-dev pkg-config perl gcc make
+              command -v perl >/dev/null && command -v cc >/dev/null && \
+              command -v pgrep >/dev/null && command -v timeout >/dev/null
+DEBS := liblua5.4-dev libuv1-dev pkg-config perl gcc make procps coreutils
+# only for `make bench` (the CPython peers) and `make fuzz`
+BENCH_CHECK := test -x /usr/bin/python3 && /usr/bin/python3 -c 'import gevent' 2>/dev/null && \
+               command -v lua5.4 >/dev/null && command -v taskset >/dev/null
+BENCH_DEBS := python3 python3-gevent python3-greenlet lua5.4 util-linux
 
-.PHONY: all deps test run bench asan tsan install clean check-deps valgrind
+.PHONY: all deps test run bench bench-deps asan tsan install clean check-deps valgrind
 
 all: check-deps $(BUILD)/mtlua $(BUILD)/libmtlua.a $(BUILD)/libmtlua.so
 
@@ -73,14 +78,18 @@ test: all $(BUILD)/test_capi
 run: all
 	@for s in scripts/*.lua; do echo "=== $$s"; timeout 60 $(BUILD)/mtlua $$s || exit 1; done
 
-bench: all
+bench-deps:
+	@if $(BENCH_CHECK); then :; else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_DEBS); fi
+
+bench: all bench-deps
 	tests/bench/run $(BUILD)/mtlua
 
 asan:
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" OPT=-O1 test
 
 tsan:
-	TSAN_OPTIONS="suppressions=$(abspath tests/tsan.supp) halt_on_error=1 second_deadlock_stack=1" \
+	TSAN_OPTIONS="suppressions=$(abspath tests/tsan.supp) halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
 	  $(MAKE) BUILD=build-tsan SAN="-fsanitize=thread" OPT=-O1 TEST_TIMEOUT=300 test
 
 valgrind: all
@@ -95,3 +104,21 @@ install: all
 
 clean:
 	rm -rf build build-asan build-tsan
+
+# libFuzzer target for pickle.loads (Debian clang), run for FUZZ_SECONDS;
+# not part of `make test`.  Seeds are real pickles written by $(BUILD)/mtlua.
+FUZZ_SECONDS ?= 300
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CC      ?= clang
+FUZZ_SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer
+.PHONY: fuzz
+fuzz: all
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT="-O1 -DPK_FUZZ" \
+	  SAN="-fsanitize=fuzzer-no-link $(FUZZ_SAN)" $(FUZZ_BUILD)/libmtlua.a
+	$(FUZZ_CC) -O1 -g -DPK_FUZZ -fsanitize=fuzzer $(FUZZ_SAN) -Ivm_glue -Ilua_bindings \
+	  $(shell pkg-config --cflags lua5.4) tests/fuzz/fuzz_pickle.c $(FUZZ_BUILD)/libmtlua.a \
+	  $(LDLIBS) -Wl,-E -o $(FUZZ_BUILD)/fuzz_pickle
+	mkdir -p $(FUZZ_BUILD)/corpus
+	$(BUILD)/mtlua tests/fuzz/seeds.lua $(FUZZ_BUILD)/corpus
+	$(FUZZ_BUILD)/fuzz_pickle -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	  -timeout=10 $(FUZZ_BUILD)/corpus
