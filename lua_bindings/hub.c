@@ -531,6 +531,7 @@ typedef struct timer_box { hub_timer *t; } timer_box;
 
 static int h_timer(lua_State *L) {
   double s = check_seconds(L, 1, "timer");
+  lua_settop(L, 4);
   gl_check(L, 2);
   gl_hub *h = hub_get(L);
   timer_box *b = lua_newuserdatauv(L, sizeof *b, 0);
