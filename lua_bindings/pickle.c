@@ -156,21 +156,33 @@ static int mac_ok(const unsigned char *s, size_t len) {
 
 /* ------------------------------------------------ the output buffer */
 
-/* A growable C buffer inside a userdata box, so that an error anywhere
-** in dumps leaves it to the collector (no leak). */
-typedef struct pk_buf { unsigned char *p; size_t n, cap; } pk_buf;
+/* The C memory of one dumps: the output buffer and two maps from
+** addresses (tables and functions; upvalue ids) to indices, in a
+** userdata box so that an error anywhere leaves them to the collector.
+** The maps are open-addressing hash tables; an object is anchored in a
+** Lua array while it is in a map, so its address stays its own. */
+typedef struct pk_map { const void **keys; lua_Integer *vals; size_t cap, n; } pk_map;
+typedef struct pk_buf { unsigned char *p; size_t n, cap; pk_map memo, upv; } pk_buf;
+
+static void map_free(pk_map *m) {
+  free(m->keys);
+  free(m->vals);
+  memset(m, 0, sizeof *m);
+}
 
 static int buf_gc(lua_State *L) {
   pk_buf *b = (pk_buf *)luaL_checkudata(L, 1, BUF_MT);
   free(b->p);
   b->p = NULL;
   b->n = b->cap = 0;
+  map_free(&b->memo);
+  map_free(&b->upv);
   return 0;
 }
 
 static pk_buf *buf_new(lua_State *L) {
   pk_buf *b = (pk_buf *)lua_newuserdatauv(L, sizeof(pk_buf), 0);
-  b->p = NULL; b->n = b->cap = 0;
+  memset(b, 0, sizeof *b);
   if (luaL_newmetatable(L, BUF_MT)) {
     lua_pushcfunction(L, buf_gc);
     lua_setfield(L, -2, "__gc");
@@ -191,14 +203,52 @@ static int buf_grow(pk_buf *b, size_t extra) {
   return 1;
 }
 
+static size_t map_slot(const pk_map *m, const void *k) {
+  uint64_t h = (uint64_t)(uintptr_t)k * 0x9E3779B97F4A7C15ULL;
+  size_t i = (size_t)(h >> 20) & (m->cap - 1);
+  while (m->keys[i] != NULL && m->keys[i] != k) i = (i + 1) & (m->cap - 1);
+  return i;
+}
+
+/* The value of key k, -1 if absent. */
+static lua_Integer map_get(const pk_map *m, const void *k) {
+  if (m->n == 0) return -1;
+  size_t i = map_slot(m, k);
+  return m->keys[i] ? m->vals[i] : -1;
+}
+
+/* Sets k to v; returns 0 when out of memory. */
+static int map_set(pk_map *m, const void *k, lua_Integer v) {
+  if (2 * (m->n + 1) > m->cap) {   /* keep the load under 1/2 */
+    pk_map big;
+    big.cap = m->cap ? 2 * m->cap : 64;
+    big.n = m->n;
+    big.keys = (const void **)calloc(big.cap, sizeof *big.keys);
+    big.vals = (lua_Integer *)malloc(big.cap * sizeof *big.vals);
+    if (big.keys == NULL || big.vals == NULL) { map_free(&big); return 0; }
+    for (size_t i = 0; i < m->cap; i++) {
+      if (m->keys[i] == NULL) continue;
+      size_t j = map_slot(&big, m->keys[i]);
+      big.keys[j] = m->keys[i];
+      big.vals[j] = m->vals[i];
+    }
+    map_free(m);
+    *m = big;
+  }
+  size_t i = map_slot(m, k);
+  if (m->keys[i] == NULL) { m->keys[i] = k; m->n++; }
+  m->vals[i] = v;
+  return 1;
+}
+
 /* ------------------------------------------------------------ dumps */
 
 typedef struct pk_enc {
   lua_State *L;
-  pk_buf *b;
-  int memo;            /* slot: object -> memo index (0: being reduced) */
-  int upmemo;          /* slot: upvalue id -> upvalue index */
+  pk_buf *b;           /* memo: object -> index (0: being reduced) */
+  int anchor;          /* slot: array of the objects in b->memo */
   int is_class;        /* slot: the prelude's is_class (or false) */
+  const void *globals; /* the global table */
   lua_Integer nmemo, nupv;
   int depth;
   int code;            /* holds code: the pickle gets a MAC */
@@ -313,23 +363,20 @@ static void enc_enter(pk_enc *e) {
 
 /* The memo index of the object at idx, -1 if not seen yet. */
 static lua_Integer memo_get(pk_enc *e, int idx) {
-  lua_State *L = e->L;
-  if (lua_isnil(L, e->memo)) return -1;
-  lua_pushvalue(L, idx);
-  lua_Integer r = lua_rawget(L, e->memo) == LUA_TNIL ? -1 : lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  return r;
+  return map_get(&e->b->memo, lua_topointer(e->L, idx));
 }
 
 static void memo_set(pk_enc *e, int idx, lua_Integer v) {
   lua_State *L = e->L;
-  if (lua_isnil(L, e->memo)) {
-    lua_newtable(L);
-    lua_replace(L, e->memo);
+  if (!map_set(&e->b->memo, lua_topointer(L, idx), v))
+    mt_raise(L, "MemoryError", "pickle.dumps: out of memory");
+  if (v == 0) return;   /* anchored when its index comes */
+  if (lua_isnil(L, e->anchor)) {
+    lua_createtable(L, 16, 0);
+    lua_replace(L, e->anchor);
   }
   lua_pushvalue(L, idx);
-  lua_pushinteger(L, v);
-  lua_rawset(L, e->memo);
+  lua_rawseti(L, e->anchor, v);
 }
 
 static void memo_add(pk_enc *e, int idx) {
@@ -376,29 +423,44 @@ static const char *class_name(pk_enc *e, int idx, size_t *len) {
   return lua_tolstring(L, -1, len);
 }
 
+/* Writes the varint v over the byte reserved at pos, making room when
+** it needs more than that byte. */
+static void w_patch(pk_enc *e, size_t pos, uint64_t v) {
+  if (v < 0x80) { e->b->p[pos] = (unsigned char)v; return; }
+  unsigned char tmp[10];
+  int n = varint_put(tmp, v);
+  w_room(e, (size_t)n);
+  pk_buf *b = e->b;
+  memmove(b->p + pos + n, b->p + pos + 1, b->n - pos - 1);
+  memcpy(b->p + pos, tmp, (size_t)n);
+  b->n += (size_t)n - 1;
+}
+
+/* One traversal: Lua's next() gives the array part first, in order, so
+** the keys 1, 2, ... it starts with are the array; the rest are pairs.
+** (A hole, or integer keys living in the hash part, just make pairs.) */
 static void enc_body(pk_enc *e, int t) {
   lua_State *L = e->L;
-  lua_Integer narr = (lua_Integer)lua_rawlen(L, t), nhash = 0;
-  w_varint(e, (uint64_t)narr);
-  size_t countpos = e->b->n;
-  for (lua_Integer i = 1; i <= narr; i++) {
-    lua_rawgeti(L, t, i);
-    enc_value(e, lua_gettop(L), 1);
-    lua_pop(L, 1);
-  }
+  uint64_t narr = 0, nhash = 0;
+  size_t pos = e->b->n;
+  w_byte(e, 0);   /* narr, nhash: patched at the end */
+  w_byte(e, 0);
   lua_pushnil(L);
   while (lua_next(L, t)) {
     int top = lua_gettop(L);
-    if (lua_isinteger(L, top - 1)) {
-      lua_Integer k = lua_tointeger(L, top - 1);
-      if (k >= 1 && k <= narr) { lua_pop(L, 1); continue; }
+    if (nhash == 0 && lua_isinteger(L, top - 1) &&
+        (uint64_t)lua_tointeger(L, top - 1) == narr + 1) {
+      enc_value(e, top, 1);
+      narr++;
+    } else {
+      enc_value(e, top - 1, 1);
+      enc_value(e, top, 1);
+      nhash++;
     }
-    enc_value(e, top - 1, 1);
-    enc_value(e, top, 1);
-    nhash++;
     lua_pop(L, 1);
   }
-  w_varint_at(e, countpos, (uint64_t)nhash);
+  w_patch(e, pos + 1, nhash);   /* the later one first: pos stays valid */
+  w_patch(e, pos, narr);
 }
 
 /* A class instance whose class has __reduce__: func, args = obj:__reduce__() */
@@ -442,24 +504,22 @@ static void enc_instance(pk_enc *e, int t, int mt) {
 
 static void enc_table(pk_enc *e, int t) {
   lua_State *L = e->L;
-  if (lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS) && lua_rawequal(L, -1, t)) {
-    lua_pop(L, 1);
+  if (lua_topointer(L, t) == e->globals) {
     w_byte(e, T_GLOBALS);
     return;
   }
-  lua_pop(L, 1);
   if (enc_ref(e, t)) return;
   enc_enter(e);
-  if (is_class(e, t)) {
+  if (!lua_getmetatable(L, t)) {   /* classes have one: no lookup here */
+    w_byte(e, T_TABLE);
+    memo_add(e, t);
+    enc_body(e, t);
+  } else if (is_class(e, t)) {
     size_t len;
     const char *name = class_name(e, t, &len);
     w_byte(e, T_CLASS);
     w_name(e, name, len);
-    lua_pop(L, 1);
-  } else if (!lua_getmetatable(L, t)) {
-    w_byte(e, T_TABLE);
-    memo_add(e, t);
-    enc_body(e, t);
+    lua_pop(L, 2);
   } else if (is_class(e, lua_gettop(L))) {
     enc_instance(e, t, lua_gettop(L));
     lua_pop(L, 1);
@@ -508,21 +568,16 @@ static void enc_upvalues(pk_enc *e, int f) {
   lua_getinfo(L, ">u", &ar);
   w_varint(e, ar.nups);
   for (int i = 1; i <= ar.nups; i++) {
-    if (lua_isnil(L, e->upmemo)) {
-      lua_newtable(L);
-      lua_replace(L, e->upmemo);
-    }
-    lua_pushlightuserdata(L, lua_upvalueid(L, f, i));
-    if (lua_rawget(L, e->upmemo) != LUA_TNIL) {   /* shared with an earlier closure */
+    /* an upvalue lives as long as a closure of the (anchored) memo has it */
+    const void *id = lua_upvalueid(L, f, i);
+    lua_Integer k = map_get(&e->b->upv, id);
+    if (k > 0) {   /* shared with an earlier closure */
       w_byte(e, 1);
-      w_varint(e, (uint64_t)lua_tointeger(L, -1));
-      lua_pop(L, 1);
+      w_varint(e, (uint64_t)k);
       continue;
     }
-    lua_pop(L, 1);
-    lua_pushlightuserdata(L, lua_upvalueid(L, f, i));
-    lua_pushinteger(L, ++e->nupv);
-    lua_rawset(L, e->upmemo);
+    if (!map_set(&e->b->upv, id, ++e->nupv))
+      mt_raise(L, "MemoryError", "pickle.dumps: out of memory");
     w_byte(e, 0);
     lua_getupvalue(L, f, i);
     enc_value(e, lua_gettop(L), 0);
@@ -608,9 +663,11 @@ void pk_dumps(lua_State *L, int idx) {
   pk_enc e;
   e.L = L;
   e.b = buf_new(L);            /* base */
-  lua_pushnil(L); e.memo = base + 1;
-  lua_pushnil(L); e.upmemo = base + 2;
-  lua_pushnil(L); e.is_class = base + 3;
+  lua_pushnil(L); e.anchor = base + 1;
+  lua_pushnil(L); e.is_class = base + 2;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  e.globals = lua_topointer(L, -1);
+  lua_pop(L, 1);
   e.nmemo = e.nupv = 0;
   e.depth = 0;
   e.code = 0;
@@ -623,9 +680,9 @@ void pk_dumps(lua_State *L, int idx) {
     e.b->n += PK_MACLEN;
   }
   lua_pushlstring(L, (const char *)e.b->p, e.b->n);
-  free(e.b->p);     /* now, rather than at the next collection */
-  e.b->p = NULL;
-  e.b->n = e.b->cap = 0;
+  lua_pushcfunction(L, buf_gc);   /* free now, not at the next collection */
+  lua_pushvalue(L, base);
+  lua_call(L, 1, 0);
   lua_replace(L, base);
   lua_settop(L, base);
 }
@@ -978,8 +1035,10 @@ static void dec_cfunction(pk_dec *d) {
     lua_remove(L, -2);
   }
   if (!lua_iscfunction(L, -1)) {
-    lua_pushlstring(L, name, (size_t)len);
-    luaL_gsub(L, lua_tostring(L, -1), "\0", ".");
+    luaL_Buffer b;   /* the name, dotted: module.field */
+    luaL_buffinit(L, &b);
+    for (uint64_t i = 0; i < len && i < 200; i++) luaL_addchar(&b, name[i] ? name[i] : '.');
+    luaL_pushresult(&b);
     dec_error(d, "no C function named '%s' here", lua_tostring(L, -1));
   }
 }
