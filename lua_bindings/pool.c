@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -138,6 +139,7 @@ typedef struct pl_core {
   long maxtasks;            /* per worker; 0: unlimited */
   int nworkers;
   pl_worker *w;
+  _Atomic uint64_t *took;    /* shared with the workers: the job each took */
   pl_fifo pending;
   pl_event *ev_head, *ev_tail;
   size_t nev;               /* events queued */
@@ -204,6 +206,7 @@ static void core_unref(pl_core *c) {
     free(e);
   }
   close_fd(&c->efd);
+  munmap((void *)c->took, (size_t)c->nworkers * sizeof *c->took);
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cond);
   free(c->w);
@@ -370,9 +373,11 @@ static void io_worker_gone(pl_core *c, int slot) {
     w->state = W_DEAD;
     return;
   }
+  /* the task it took and did not answer, if any: only that one is
+  ** lost (a task written to a worker that was dying is not) */
   uint64_t lost = 0;
   pl_frame *head = w->inflight.head;
-  if (head != NULL && head != w->unsent) {   /* it had the task: it ran it */
+  if (head != NULL && head != w->unsent && atomic_load(&c->took[slot]) == head->job) {
     lost = head->job;
     free(fifo_pop(&w->inflight));
   }
@@ -528,9 +533,13 @@ static int core_new(lua_State *L) {
   if (c == NULL) return luaL_error(L, "not enough memory");
   c->w = calloc((size_t)n, sizeof *c->w);
   c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (c->w == NULL || c->efd < 0) {
+  c->took = mmap(NULL, (size_t)n * sizeof *c->took, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (c->took == MAP_FAILED) c->took = NULL;
+  if (c->w == NULL || c->efd < 0 || c->took == NULL) {
     int e = errno;
     if (c->efd >= 0) close(c->efd);
+    if (c->took) munmap((void *)c->took, (size_t)n * sizeof *c->took);
     free(c->w);
     free(c);
     return mt_raise(L, "OSError", "[Errno %d] pool: %s", e, strerror(e));
@@ -561,6 +570,9 @@ static void start_io(lua_State *L, pl_core *c) {
   }
   c->started = 1;
 }
+
+/* In a worker: where it records the job it takes (see io_worker_gone). */
+static _Atomic uint64_t *wk_started;
 
 /* In a new worker: nothing of the parent's pools but its own socket. */
 static void child_setup(int keep, pid_t parent) {
@@ -599,7 +611,8 @@ static int do_fork(lua_State *L) {
 }
 
 /* core:spawn(slot, worker_main, ...) -> pid: forks the worker of that
-** slot; in the child worker_main(fd, ...) runs, then the child exits. */
+** slot; in the child worker_main(fd, ...) runs, then the child exits.
+** Returns nothing once the pool is being terminated. */
 static int core_spawn(lua_State *L) {
   pl_core *c = checkcore(L);
   lua_Integer slot = luaL_checkinteger(L, 2) - 1;
@@ -610,13 +623,14 @@ static int core_spawn(lua_State *L) {
   int state = c->w[slot].state, stopping = c->terminating;
   pthread_mutex_unlock(&c->mu);
   if (state == W_LIVE) return luaL_error(L, "worker slot %d is in use", (int)slot + 1);
-  if (stopping) return mt_raise(L, "ValueError", "Pool not running");
+  if (stopping) return 0;   /* terminated meanwhile: no replacement */
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
     return mt_raise(L, "OSError", "[Errno %d] socketpair: %s", errno, strerror(errno));
   fds_add(sv[0]);
   fds_add(sv[1]);
   pid_t parent = getpid();
+  atomic_store(&c->took[slot], 0);
   lua_pushcfunction(L, do_fork);
   if (lua_pcall(L, 0, 1, 0) != LUA_OK) {   /* no fd may leak */
     close_fd(&sv[0]);
@@ -626,6 +640,7 @@ static int core_spawn(lua_State *L) {
   pid_t pid = (pid_t)lua_tointeger(L, -1);
   lua_pop(L, 1);
   if (pid == 0) {
+    wk_started = &c->took[slot];
     child_setup(sv[1], parent);
     child_run(L, sv[1], nargs);
   }
@@ -892,6 +907,7 @@ static int wk_recv(lua_State *L) {
       if (avail >= 4 + (size_t)len) {
         uint64_t job;
         memcpy(&job, wk_in.buf + wk_in.off + 4, 8);
+        if (wk_started) atomic_store(wk_started, job);
         lua_pushinteger(L, (lua_Integer)job);
         lua_pushlstring(L, wk_in.buf + wk_in.off + PL_HDR_TASK, len - 8);
         wk_in.off += 4 + (size_t)len;
