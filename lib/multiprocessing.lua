@@ -398,6 +398,22 @@ function M._exit_function()
 end
 _mp.atexit(M._exit_function)
 
+-- [pool, issue 5] Manager(): so far Queue and JoinableQueue.  This
+-- module's shared-memory queues already travel to running pool workers
+-- (through pickle), so the manager needs no server process for them;
+-- the rest of SyncManager (Lock, dict, list, Namespace...) comes later.
+local SyncManager = class("SyncManager")
+M.SyncManager = SyncManager
+function SyncManager:__init__() self._state = "started" end
+function SyncManager:start() self._state = "started" end
+function SyncManager:shutdown() self._state = "shutdown" end
+function SyncManager:__enter__() return self end
+function SyncManager:__exit__() self:shutdown() end
+function SyncManager:Queue(maxsize) return M.Queue(maxsize) end
+function SyncManager:JoinableQueue(maxsize) return M.JoinableQueue(maxsize) end
+function M.Manager() return SyncManager() end
+-- [end pool, issue 5]
+
 -- The Pool lives in pool (issue 5); reachable here once it exists.
 local LAZY = { Pool = true, ThreadPool = true, TimeoutError = true }
 setmetatable(M, { __index = function(t, k)
