@@ -352,6 +352,9 @@ static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
     lua_replace(ts->Ltr, 1);
     luaL_unref(ts->Ltr, LUA_REGISTRYINDEX, x->pin_ref);
     x->pin_ref = LUA_NOREF;
+  } else {   /* main: no coroutine to anchor; let the last one go */
+    lua_pushnil(ts->Ltr);
+    lua_replace(ts->Ltr, 1);
   }
   mt_set_running(x->sl);
   S->next = ts->spare;

@@ -284,7 +284,7 @@ gl_gr *hub_next(gl_ts *ts) {
       int mode = ring_pop(T, h);
       gl_gr *g = gl_test(T, -2);
       if (g == NULL || g->ts != ts || g->state == GL_DEAD || g->kind == GL_HUB
-          || (g->state == GL_PINNED && g->waiter != NULL)) {
+          || (g->state == GL_PINNED && g->waiter != NULL && mode != MODE_THROW)) {
         lua_pop(T, 2);   /* stale: gone, or waiting in mt_wait */
         continue;
       }
