@@ -181,7 +181,6 @@ function AsyncResult:_set(ok, value)
     if not cok then report_callback_error(ok and "callback" or "error_callback", cerr) end
   end
   self._ready = true
-  self._pool = self._pool   -- keeps the pool alive while results are read
 end
 
 function AsyncResult:__tostring()
