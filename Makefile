@@ -89,7 +89,7 @@ asan:
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" OPT=-O1 test
 
 tsan:
-	TSAN_OPTIONS="suppressions=$(abspath tests/tsan.supp) halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
+	MTLUA_SANITIZER=thread TSAN_OPTIONS="suppressions=$(abspath tests/tsan.supp) halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
 	  $(MAKE) BUILD=build-tsan SAN="-fsanitize=thread" OPT=-O1 TEST_TIMEOUT=300 test
 
 valgrind: all

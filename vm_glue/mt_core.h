@@ -82,6 +82,7 @@ struct mt_thread {
 
 struct mt_universe {
   mt_gil gil;
+  unsigned long uid;         /* unique in the process, never reused */
   lua_State *L;              /* the main state */
   mt_thread *main;
   mt_thread *threads;        /* every registered OS thread */

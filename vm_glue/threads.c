@@ -16,19 +16,40 @@
 
 #include "mt_core.h"
 
-static __thread mt_thread *tls_self;
+/* This OS thread's records, one per universe it runs Lua in (a host
+** may use several states from one thread).  Never a registry scan: the
+** registry belongs to whoever holds the GIL. */
+#define TLS_SLOTS 8
+static __thread mt_thread *tls_self;          /* the last one bound */
+static __thread unsigned long tls_self_uid;
+static __thread struct { unsigned long uid; mt_thread *t; } tls_records[TLS_SLOTS];
+static atomic_ulong universe_ids;   /* uid: a closed universe's address may come back */
 
 mt_universe *mt_universe_of(lua_State *L) {
   return *(mt_universe **)lua_getextraspace(L);
 }
 
 mt_thread *mt_thread_self_in(mt_universe *U) {
-  mt_thread *t = tls_self;
-  if (t != NULL && t->U == U) return t;
-  pthread_t me = pthread_self();
-  for (t = U->threads; t != NULL; t = t->next)
-    if (!t->dead && pthread_equal(t->pthread, me)) return t;
+  if (tls_self != NULL && tls_self_uid == U->uid) return tls_self;
+  for (int i = 0; i < TLS_SLOTS; i++)
+    if (tls_records[i].t != NULL && tls_records[i].uid == U->uid) return tls_records[i].t;
   return NULL;
+}
+
+static void tls_remember(mt_thread *t) {
+  int slot = TLS_SLOTS - 1;
+  tls_self = t;
+  tls_self_uid = t->U->uid;
+  for (int i = 0; i < TLS_SLOTS; i++)
+    if (tls_records[i].t == NULL || tls_records[i].uid == t->U->uid) { slot = i; break; }
+  tls_records[slot].uid = t->U->uid;
+  tls_records[slot].t = t;
+}
+
+static void tls_forget(mt_thread *t) {
+  if (tls_self == t) tls_self = NULL;
+  for (int i = 0; i < TLS_SLOTS; i++)
+    if (tls_records[i].t == t) tls_records[i].t = NULL;
 }
 
 void *mt_owner(lua_State *L) {
@@ -53,6 +74,17 @@ static void park_init(mt_thread *t) {
   pthread_condattr_destroy(&attr);
 }
 
+/* Does the calling OS thread hold U's GIL?  (Its record is known and
+** holds it; a host thread new to U has no record yet.) */
+static int gil_held_by_caller(mt_universe *U) {
+  mt_thread *self = mt_thread_self_in(U);
+  if (self == NULL) return 0;
+  pthread_mutex_lock(&U->gil.mutex);
+  int held = U->gil.locked && U->gil.holder == self;
+  pthread_mutex_unlock(&U->gil.mutex);
+  return held;
+}
+
 static void registry_link(mt_universe *U, mt_thread *t) {
   t->prev = NULL;
   t->next = U->threads;
@@ -70,7 +102,7 @@ static void registry_unlink(mt_universe *U, mt_thread *t) {
 }
 
 mt_thread *mt_thread_alloc(mt_universe *U, lua_State *Lt, int ref) {
-  mt_thread *t = U->spare;
+  mt_thread *t = gil_held_by_caller(U) ? U->spare : NULL;
   if (t != NULL) {   /* reuse: keeps park_seq counting, so old signals miss */
     U->spare = t->next;
     unsigned long seq = t->park_seq;
@@ -106,14 +138,14 @@ void mt_thread_bind_self(mt_thread *t) {
   t->pthread = pthread_self();
   t->ident = (unsigned long)t->pthread;
   t->native_id = (long)syscall(SYS_gettid);
-  tls_self = t;
+  tls_remember(t);
 }
 
 void mt_thread_unregister(mt_thread *t) {
   if (t->dead) return;
   t->dead = 1;
   registry_unlink(t->U, t);
-  if (tls_self == t) tls_self = NULL;
+  tls_forget(t);
 }
 
 /* GIL held.  The record goes to the spares, not to free(): a wake-up
@@ -136,6 +168,8 @@ static void free_list(mt_thread *t) {
 
 /* Only when no OS thread of U is left. */
 void mt_universe_free(mt_universe *U) {
+  mt_thread *self = mt_thread_self_in(U);
+  if (self != NULL) tls_forget(self);
   free_list(U->spare);
   free_list(U->threads);
   free(U);
@@ -145,6 +179,7 @@ mt_universe *mt_universe_new(lua_State *L) {
   mt_universe *U = calloc(1, sizeof *U);
   if (U == NULL) return NULL;
   gil_init(&U->gil);
+  U->uid = atomic_fetch_add(&universe_ids, 1) + 1;
   U->L = L;
   U->pid = getpid();
   *(mt_universe **)lua_getextraspace(L) = U;
@@ -220,7 +255,7 @@ void mt_set_running(lua_State *co) {
 /* ------------------------------------------------------------- fork */
 
 void mt_universe_after_fork_child(mt_universe *U) {
-  mt_thread *self = tls_self, *t, *next;
+  mt_thread *self = mt_thread_self_in(U), *t, *next;
   for (t = U->threads; t != NULL; t = next) {
     next = t->next;
     if (t == self) continue;
