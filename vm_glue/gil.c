@@ -78,11 +78,12 @@ void gil_release(mt_gil *gil, mt_thread *self, int forced) {
   pthread_mutex_unlock(&gil->mutex);
   /* the GIL is free: now the threads woken meanwhile may run */
   if (self != NULL && self->ndeferred > 0) mt_flush_wakes(self);
-  pthread_mutex_lock(&gil->mutex);
-  if (forced) {
-    /* wait until another thread has really taken the GIL */
+  if (forced) {   /* wait until another thread has really taken the GIL */
+    pthread_mutex_lock(&gil->mutex);
     while (gil->holder == self)
       pthread_cond_wait(&gil->switch_cond, &gil->mutex);
+    pthread_mutex_unlock(&gil->mutex);
   }
-  pthread_mutex_unlock(&gil->mutex);
+  /* nothing of the universe is touched after an unforced release by an
+  ** ending thread (self NULL): the main thread may free it at once */
 }
