@@ -57,6 +57,16 @@ M.Connection = _mp.Connection
 -- pickle finds rebuild functions by name here too
 M._rebuild_queue = _shm.rebuild_queue
 
+-- Process-shared Lock, RLock, Semaphore, BoundedSemaphore, Condition,
+-- Event, Barrier, Value, Array, RawValue, RawArray:
+-- lib/multiprocessing/synchronize.lua and lua_bindings/mpsync.c.
+local synchronize = require "multiprocessing.synchronize"
+for _, name in ipairs { "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition",
+                        "Event", "Barrier", "Value", "Array", "RawValue", "RawArray",
+                        "BrokenBarrierError" } do
+  M[name] = synchronize[name]
+end
+
 ------------------------------------------------------------ processes
 
 local _children = {}          -- started, not yet reaped Process objects
@@ -205,7 +215,9 @@ function Process:start()
     "daemonic processes are not allowed to have children")
   cleanup()
   self._started = true
-  local pid = _mp.fork()
+  -- only daemonic children die with their parent (however it dies), as
+  -- in Python; the others are orphaned and go on
+  local pid = _mp.fork(self.daemon)
   if pid == 0 then bootstrap(self) end   -- never returns
   self.pid = pid
   self._pidfd = _mp.pidfd(pid)
@@ -398,21 +410,11 @@ function M._exit_function()
 end
 _mp.atexit(M._exit_function)
 
--- [pool, issue 5] Manager(): so far Queue and JoinableQueue.  This
--- module's shared-memory queues already travel to running pool workers
--- (through pickle), so the manager needs no server process for them;
--- the rest of SyncManager (Lock, dict, list, Namespace...) comes later.
-local SyncManager = class("SyncManager")
-M.SyncManager = SyncManager
-function SyncManager:__init__() self._state = "started" end
-function SyncManager:start() self._state = "started" end
-function SyncManager:shutdown() self._state = "shutdown" end
-function SyncManager:__enter__() return self end
-function SyncManager:__exit__() self:shutdown() end
-function SyncManager:Queue(maxsize) return M.Queue(maxsize) end
-function SyncManager:JoinableQueue(maxsize) return M.JoinableQueue(maxsize) end
-function M.Manager() return SyncManager() end
--- [end pool, issue 5]
+-- Manager(): lib/multiprocessing/managers.lua (no server process: the
+-- shared objects travel by themselves; dict/list/Namespace are proxies
+-- of a table in shared memory).
+local managers = require "multiprocessing.managers"
+M.Manager, M.SyncManager = managers.Manager, managers.SyncManager
 
 -- The Pool lives in pool (issue 5); reachable here once it exists.
 local LAZY = { Pool = true, ThreadPool = true, TimeoutError = true }

@@ -5,8 +5,10 @@
 ** (lib/multiprocessing.lua), built on these.
 **
 ** The Lua API, also for pool (lib/pool.lua):
-**   fork() -> pid in the parent, 0 in the child.  Wraps mt_fork (stdio
-**     flushed, runtime re-initialised, math.random reseeded) and makes
+**   fork(tie=true) -> pid in the parent, 0 in the child.  Wraps mt_fork
+**     (stdio flushed, runtime re-initialised, math.random reseeded) and,
+**     unless tie is false (a non-daemonic Process, which outlives its
+**     parent as in Python), makes
 **     the child die with its parent however the parent dies: with
 **     PR_SET_PDEATHSIG(SIGKILL) when the forking thread is the main one
 **     (the signal follows the forking *thread*), else with a helper
@@ -104,6 +106,15 @@ static void start_lifeline_watch(int fd) {
   pthread_attr_destroy(&attr);
 }
 
+/* In a child that outlives its parent (a non-daemonic Process): it
+** holds no lifeline of ours, so it neither dies with us nor keeps our
+** other children's lifelines open. */
+static void child_untie(void) {
+  if (lifeline_write >= 0) close(lifeline_write);
+  if (lifeline_read >= 0) close(lifeline_read);
+  lifeline_read = lifeline_write = -1;
+}
+
 /* In the child, before any Lua runs: tie its life to the parent's. */
 static void child_tie_to_parent(pid_t parent, int from_main) {
   if (from_main) {
@@ -121,8 +132,9 @@ static void child_tie_to_parent(pid_t parent, int from_main) {
 static int mp_fork(lua_State *L) {
   mt_thread *self = mt_self(L);
   int from_main = self != NULL && self->is_main;
+  int tie = lua_isnoneornil(L, 1) || lua_toboolean(L, 1);
   pid_t parent = getpid();
-  if (!from_main && lifeline_write < 0) {
+  if (tie && !from_main && lifeline_write < 0) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
       return mt_raise(L, "OSError", "[Errno %d] pipe: %s", errno, strerror(errno));
@@ -130,7 +142,10 @@ static int mp_fork(lua_State *L) {
     lifeline_write = fds[1];
   }
   pid_t pid = mt_fork(L);
-  if (pid == 0) child_tie_to_parent(parent, from_main);
+  if (pid == 0) {
+    if (tie) child_tie_to_parent(parent, from_main);
+    else child_untie();
+  }
   lua_pushinteger(L, pid);
   return 1;
 }

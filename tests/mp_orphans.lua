@@ -1,6 +1,7 @@
--- A parent killed with SIGKILL leaves no children behind (daemon or
--- not, forked from the main thread or from another thread) and nothing
--- in /dev/shm.
+-- A parent killed with SIGKILL: its daemonic children die with it,
+-- forked from the main thread or from another thread; its non-daemonic
+-- ones are orphaned and go on (as in Python); nothing is left in
+-- /dev/shm.
 local t = require "tests.tap"
 
 local function shm_entries()
@@ -36,9 +37,11 @@ f:write([[
   }
   for _, p in ipairs(ps) do p:start() end
   local th = threading.Thread{target = function()   -- forked from a thread
-    local p = mp.Process{target = nap}
-    p:start()
-    ps[#ps + 1] = p
+    for _, daemon in ipairs { true, false } do
+      local p = mp.Process{target = nap, daemon = daemon}
+      p:start()
+      ps[#ps + 1] = p
+    end
   end}
   th:start(); th:join()
   for _, p in ipairs(ps) do io.write(p.pid, "\n") end
@@ -61,17 +64,27 @@ repeat
 until text:find("ready") or os.time() > deadline
 local pids = {}
 for pid in text:gmatch("(%d+)\n") do pids[#pids + 1] = tonumber(pid) end
-t.is(#pids, 3, "three children started")
+t.is(#pids, 4, "four children started")
 for _, pid in ipairs(pids) do t.ok(alive(pid), "child " .. pid .. " runs") end
+local daemons = { pids[1], pids[3] }
+local others = { pids[2], pids[4] }
 os.execute("kill -9 " .. tostring(ppid))
 local all_gone
 for _ = 1, 40 do
   os.execute("sleep 0.05")
   all_gone = true
-  for _, pid in ipairs(pids) do if alive(pid) then all_gone = false end end
+  for _, pid in ipairs(daemons) do if alive(pid) then all_gone = false end end
   if all_gone then break end
 end
-t.ok(all_gone, "no child outlives its SIGKILLed parent")
+t.ok(all_gone, "no daemonic child outlives its SIGKILLed parent")
+for _, pid in ipairs(others) do
+  t.ok(alive(pid), "non-daemonic child " .. pid .. " goes on after its parent's SIGKILL")
+end
+os.execute("kill -9 " .. table.concat(others, " ") .. " 2>/dev/null")
+for _ = 1, 40 do
+  if not alive(others[1]) and not alive(others[2]) then break end
+  os.execute("sleep 0.05")
+end
 t.is(shm_entries(), before, "nothing new in /dev/shm")
 os.remove(script); os.remove(out); os.remove(out .. ".pid")
 t.done()

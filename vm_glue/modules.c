@@ -12,6 +12,7 @@ const luaL_Reg mt_c_modules[] = {
   {"_pool", luaopen_mt_pool},
   {"_multiprocessing", luaopen_mt_multiprocessing},
   {"_shm", luaopen_mt_shm},
+  {"_mpsync", luaopen_mt_mpsync},
   {"_greenlet", luaopen_mt_greenlet},
   {"_hub", luaopen_mt_hub},
   {NULL, NULL}

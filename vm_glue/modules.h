@@ -26,5 +26,6 @@ int luaopen_mt_hub(lua_State *L);         /* lua_bindings/hub.c */
 
 int luaopen_mt_multiprocessing(lua_State *L);  /* lua_bindings/multiprocessing.c */
 int luaopen_mt_shm(lua_State *L);            /* lua_bindings/shm.c */
+int luaopen_mt_mpsync(lua_State *L);         /* lua_bindings/mpsync.c */
 
 #endif
