@@ -432,17 +432,32 @@ M.Pool_base = Base
 
 ------------------------------------------------------------ workers
 
+-- A worker's traceback ends with the task: the frames below it (the
+-- worker loop, and the parent's frames from before the fork) are cut at
+-- the xpcall of worker_main, with the pool's own calling frames above it.
+local function trim_traceback(tb)
+  local lines = {}
+  for line in tb:gmatch("[^\n]+") do lines[#lines + 1] = line end
+  local cut = #lines + 1
+  for i = 1, #lines - 1 do
+    if lines[i]:find("in function 'xpcall'", 1, true) and lines[i + 1]:find("mtlua/pool.lua:", 1, true) then
+      cut = i
+      break
+    end
+  end
+  while cut > 2 and (lines[cut - 1]:find("mtlua/pool.lua:", 1, true) or lines[cut - 1]:find("(...tail calls...)", 1, true)) do
+    cut = cut - 1
+  end
+  return table.concat(lines, "\n", 1, cut - 1)
+end
+
 -- The worker's error handler keeps the traceback beside the error, so
 -- that plain string errors travel with theirs too.
 local last_traceback
 local function worker_handler(e)
-  if isinstance(e, BaseException) and type(e) == "table" then
-    local tb = rawget(e, "traceback")
-    if tb == nil then tb = debug.traceback(nil, 2) end
-    last_traceback = tb
-    return e
-  end
-  last_traceback = debug.traceback(nil, 2)
+  local tb = type(e) == "table" and isinstance(e, BaseException) and rawget(e, "traceback") or nil
+  if tb == nil then tb = debug.traceback(nil, 2) end
+  last_traceback = trim_traceback(tb)
   return e
 end
 
@@ -531,7 +546,7 @@ function Pool:__init__(...)
   self._pickle = require "pickle"
   self:_init_common(processes)
   self._initializer, self._initargs, self._maxtasks = initializer, initargs, maxtasks
-  self._core = _pool.new(processes, maxtasks or 0)
+  self._core = _pool.new(processes, maxtasks or 0, require("_multiprocessing").fork)
   for slot = 1, processes do self:_spawn(slot) end
   self._thread = threading.Thread{ target = M._handle_results, args = { self },
     name = "Pool-result-handler", daemon = true }

@@ -35,7 +35,6 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -520,15 +519,22 @@ static pl_core *checkcore(lua_State *L) {
   return c;
 }
 
-/* _pool.new(nworkers, maxtasks) -> core.  The I/O thread starts with
-** the first worker. */
+/* _pool.new(nworkers, maxtasks, fork) -> core.  'fork' is
+** _multiprocessing.fork, which ties each worker's life to this
+** process's however the worker was forked (see multiprocessing.c): a
+** prctl(PR_SET_PDEATHSIG) of our own would follow the forking thread,
+** and a pool made in a short-lived thread would lose its workers with
+** it.  The I/O thread starts with the first worker. */
 static int core_new(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   lua_Integer maxtasks = luaL_optinteger(L, 2, 0);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
   if (n < 1 || n > 4096) return mt_raise(L, "ValueError", "Number of processes must be at least 1");
-  pl_core **box = lua_newuserdatauv(L, sizeof *box, 0);
+  pl_core **box = lua_newuserdatauv(L, sizeof *box, 1);
   *box = NULL;
   luaL_setmetatable(L, CORE_MT);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, 1);
   pl_core *c = calloc(1, sizeof *c);
   if (c == NULL) return luaL_error(L, "not enough memory");
   c->w = calloc((size_t)n, sizeof *c->w);
@@ -575,9 +581,7 @@ static void start_io(lua_State *L, pl_core *c) {
 static _Atomic uint64_t *wk_started;
 
 /* In a new worker: nothing of the parent's pools but its own socket. */
-static void child_setup(int keep, pid_t parent) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(1);   /* the parent died before prctl */
+static void child_setup(int keep) {
   setpgid(0, 0);                       /* terminate() kills its children too */
   signal(SIGPIPE, SIG_DFL);
   for (int i = 0; i < fds_count; i++)  /* no lock: the only thread now */
@@ -605,11 +609,6 @@ static void child_run(lua_State *L, int fd, int nargs) {
   _exit(status);
 }
 
-static int do_fork(lua_State *L) {
-  lua_pushinteger(L, mt_fork(L));
-  return 1;
-}
-
 /* core:spawn(slot, worker_main, ...) -> pid: forks the worker of that
 ** slot; in the child worker_main(fd, ...) runs, then the child exits.
 ** Returns nothing once the pool is being terminated. */
@@ -629,9 +628,8 @@ static int core_spawn(lua_State *L) {
     return mt_raise(L, "OSError", "[Errno %d] socketpair: %s", errno, strerror(errno));
   fds_add(sv[0]);
   fds_add(sv[1]);
-  pid_t parent = getpid();
   atomic_store(&c->took[slot], 0);
-  lua_pushcfunction(L, do_fork);
+  lua_getiuservalue(L, 1, 1);   /* _multiprocessing.fork */
   if (lua_pcall(L, 0, 1, 0) != LUA_OK) {   /* no fd may leak */
     close_fd(&sv[0]);
     close_fd(&sv[1]);
@@ -641,7 +639,7 @@ static int core_spawn(lua_State *L) {
   lua_pop(L, 1);
   if (pid == 0) {
     wk_started = &c->took[slot];
-    child_setup(sv[1], parent);
+    child_setup(sv[1]);
     child_run(L, sv[1], nargs);
   }
   close_fd(&sv[1]);

@@ -179,4 +179,52 @@ do
   tp:join()
 end
 
+-- a pool made in a short-lived thread keeps its workers after the thread
+-- ends (they are tied to the process, not to the forking thread), and
+-- they still die with the process when it is SIGKILLed
+do
+  local threading = require "threading"
+  local p
+  local th = threading.Thread{ target = function() p = Pool(2) end }
+  th:start()
+  th:join(10)
+  time.sleep(0.3)
+  local pids = p:_pids()
+  t.is(#pids, 2, "pool made in a thread: two workers")
+  t.ok(alive(pids[1]) and alive(pids[2]), "workers outlive the thread that forked them")
+  t.is(p:apply(function(x) return x * 3 end, { 5 }), 15, "and still take tasks")
+  p:close()
+  p:join()
+  local out = t.run_source([[
+    local threading = require "threading"
+    local p
+    local th = threading.Thread{ target = function() p = require("pool").Pool(2) end }
+    th:start(); th:join()
+    p:apply(function() end)
+    print(table.concat(p:_pids(), " "))
+    io.stdout:flush()
+    os.execute("kill -9 " .. os.getpid())
+  ]], 20)
+  local kpids = {}
+  for pid in out:gmatch("%d+") do kpids[#kpids + 1] = tonumber(pid) end
+  t.is(#kpids, 2, "thread-made pool in a child: its workers reported")
+  t.ok(#kpids == 2 and wait_gone(kpids, 5), "they die with the SIGKILLed parent")
+end
+
+-- the remote traceback holds the task's frames, not the worker loop's
+-- nor the parent's frames from before the fork
+do
+  local function make() return Pool(1) end
+  local p = make()
+  local function inner() error("deep") end
+  local r = p:apply_async(function() inner() end)
+  local ok, e = pcall(r.get, r, 10)
+  t.ok(not ok, "failing task")
+  local s = tostring(e)
+  t.like(s, "in upvalue 'inner'", "traceback names the task's frames")
+  t.ok(not s:find("main chunk", 1, true) and not s:find("spawn", 1, true) and not s:find("xpcall", 1, true),
+    "and none from before the fork or of the worker loop")
+  p:terminate()
+end
+
 t.done()
