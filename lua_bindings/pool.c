@@ -40,11 +40,13 @@
 #include <sys/wait.h>
 
 #include "mt_core.h"
+#include "shm.h"
 
 #define PL_HDR_TASK 12
 #define PL_HDR_RESULT 13
 #define PL_MAXFRAME 0x7fffff00u
 #define PL_MAXIOV 64
+#define PL_RING (256u * 1024u)   /* bytes of results in flight per worker */
 
 /* ------------------------------------------------------------ frames */
 
@@ -108,6 +110,33 @@ typedef struct pl_event {
   char data[];              /* RESULT: the payload; LOST/EXITED: a message */
 } pl_event;
 
+/* ------------------------------------------------------ result rings */
+
+/* Results come back through shared memory, one ring per worker slot
+** (a byte stream of result frames), not through the socket: a worker
+** that finishes many short tasks makes no system call per result, and
+** what it finished stays readable after it dies.  The socket carries,
+** worker to parent, only a wake-up byte, sent when the I/O thread said
+** it is going to sleep (parent_idle), and the end of file that says the
+** worker is gone.  A frame larger than the ring streams through it. */
+typedef struct pl_ring {
+  _Atomic uint64_t head;          /* bytes the parent consumed */
+  _Atomic uint64_t tail;          /* bytes the worker produced */
+  _Atomic uint64_t took;          /* the job the worker is running */
+  _Atomic uint32_t parent_idle;   /* the I/O thread sleeps: wake it */
+  _Atomic uint32_t space_seq;     /* futex word: the parent consumed */
+  _Atomic uint32_t worker_waits;  /* the worker sleeps on space_seq */
+  char data[PL_RING];
+} pl_ring;
+
+static void ring_reset(pl_ring *r) {
+  atomic_store(&r->head, 0);
+  atomic_store(&r->tail, 0);
+  atomic_store(&r->took, 0);
+  atomic_store(&r->parent_idle, 0);
+  atomic_store(&r->worker_waits, 0);
+}
+
 /* ----------------------------------------------------------- workers */
 
 enum { W_EMPTY, W_LIVE, W_RESPAWN, W_DEAD };
@@ -138,8 +167,16 @@ typedef struct pl_core {
   long maxtasks;            /* per worker; 0: unlimited */
   int nworkers;
   pl_worker *w;
-  _Atomic uint64_t *took;    /* shared with the workers: the job each took */
+  pl_ring *rings;           /* shared with the workers, one per slot */
   pl_fifo pending;
+  /* Submissions go through a list of their own under a mutex held only
+  ** for a push: the submitting Lua thread never waits while the I/O
+  ** thread holds c->mu for a write or a drain.  The I/O thread is woken
+  ** for new tasks only when some worker has room for them (hungry);
+  ** otherwise it takes them when results come back. */
+  pthread_mutex_t in_mu;
+  pl_fifo incoming;
+  int hungry, in_poked, in_closed;
   pl_event *ev_head, *ev_tail;
   size_t nev;               /* events queued */
   double last_take;         /* when Lua last took events */
@@ -199,13 +236,15 @@ static void core_unref(pl_core *c) {
     close_fd(&c->w[i].fd);
   }
   fifo_free(&c->pending);
+  fifo_free(&c->incoming);
+  pthread_mutex_destroy(&c->in_mu);
   while (c->ev_head) {
     pl_event *e = c->ev_head;
     c->ev_head = e->next;
     free(e);
   }
   close_fd(&c->efd);
-  munmap((void *)c->took, (size_t)c->nworkers * sizeof *c->took);
+  munmap(c->rings, (size_t)c->nworkers * sizeof *c->rings);
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cond);
   free(c->w);
@@ -376,7 +415,7 @@ static void io_worker_gone(pl_core *c, int slot) {
   ** lost (a task written to a worker that was dying is not) */
   uint64_t lost = 0;
   pl_frame *head = w->inflight.head;
-  if (head != NULL && head != w->unsent && atomic_load(&c->took[slot]) == head->job) {
+  if (head != NULL && head != w->unsent && atomic_load(&c->rings[slot].took) == head->job) {
     lost = head->job;
     free(fifo_pop(&w->inflight));
   }
@@ -418,13 +457,8 @@ static int io_parse(pl_core *c, int slot) {
   return 0;
 }
 
-static int grow_ibuf(pl_worker *w) {
-  size_t need = w->ilen + 65536;
-  if (w->ilen >= 4) {   /* room for the whole frame being received */
-    uint32_t len;
-    memcpy(&len, w->ibuf, 4);
-    if (4 + (size_t)len > need) need = 4 + (size_t)len;
-  }
+static int grow_ibuf(pl_worker *w, size_t extra) {
+  size_t need = w->ilen + extra;
   if (need <= w->icap) return 0;
   size_t cap = w->icap ? w->icap : 65536;
   while (cap < need) cap *= 2;
@@ -435,22 +469,104 @@ static int grow_ibuf(pl_worker *w) {
   return 0;
 }
 
+/* Takes what the worker of 'slot' put in its ring, parses the complete
+** frames, and wakes the worker if it waits for room.  -1: garbage or no
+** memory (the worker is then treated as dead). */
+static int io_drain(pl_core *c, int slot) {
+  pl_worker *w = &c->w[slot];
+  pl_ring *r = &c->rings[slot];
+  for (;;) {
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    uint64_t tail = atomic_load(&r->tail);
+    if (tail == head) return 0;
+    size_t n = (size_t)(tail - head);
+    if (n > PL_RING || grow_ibuf(w, n) < 0) return -1;
+    size_t at = (size_t)(head % PL_RING), first = PL_RING - at;
+    if (first > n) first = n;
+    memcpy(w->ibuf + w->ilen, r->data + at, first);
+    memcpy(w->ibuf + w->ilen + first, r->data, n - first);
+    w->ilen += n;
+    atomic_store(&r->head, tail);
+    if (atomic_load(&r->worker_waits)) {
+      atomic_fetch_add(&r->space_seq, 1);
+      shm_futex_wake(&r->space_seq, 1);
+    }
+    if (io_parse(c, slot) < 0) return -1;
+  }
+}
+
+/* The worker's socket is readable: wake-up bytes (the results are in
+** its ring), or end of file: it is gone, and its ring holds all it
+** finished. */
 static void io_read(pl_core *c, int slot) {
   pl_worker *w = &c->w[slot];
+  char junk[256];
   for (;;) {
-    if (grow_ibuf(w) < 0) break;
-    ssize_t r = read(w->fd, w->ibuf + w->ilen, w->icap - w->ilen);
-    if (r > 0) {
-      w->ilen += (size_t)r;
-      if (io_parse(c, slot) < 0) break;   /* garbage: treat it as dead */
-      continue;
-    }
+    ssize_t r = read(w->fd, junk, sizeof junk);
+    if (r > 0) continue;
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    break;   /* end of file or error */
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (io_drain(c, slot) == 0) return;
+    } else {
+      io_drain(c, slot);   /* end of file or error: what it left */
+    }
+    break;
   }
   if (w->pid > 0) kill(w->pid, SIGKILL);   /* make sure it is gone */
   io_worker_gone(c, slot);
+}
+
+/* Before sleeping in poll: asks every live worker for a wake-up byte,
+** then looks at the rings once more (a result written before the
+** request was seen would otherwise wait for the next one).  Returns 1
+** when some ring holds data: do not sleep. */
+static int io_ask_wakeups(pl_core *c) {
+  int busy = 0;
+  for (int i = 0; i < c->nworkers; i++) {
+    pl_ring *r = &c->rings[i];
+    if (c->w[i].state != W_LIVE || c->w[i].fd < 0) continue;
+    atomic_store(&r->parent_idle, 1);
+    if (atomic_load(&r->tail) != atomic_load_explicit(&r->head, memory_order_relaxed)) busy = 1;
+  }
+  return busy;
+}
+
+static void io_drain_all(pl_core *c) {
+  for (int i = 0; i < c->nworkers; i++) {
+    pl_worker *w = &c->w[i];
+    if (w->state != W_LIVE || w->fd < 0) continue;
+    atomic_store_explicit(&c->rings[i].parent_idle, 0, memory_order_relaxed);
+    if (io_drain(c, i) < 0) {
+      if (w->pid > 0) kill(w->pid, SIGKILL);
+      io_worker_gone(c, i);
+    }
+  }
+}
+
+/* Moves the submitted tasks to the pending queue (c->mu held); 'close'
+** refuses further ones (the I/O thread ends). */
+static void io_take_incoming(pl_core *c, int close) {
+  pthread_mutex_lock(&c->in_mu);
+  fifo_prepend(&c->incoming, &c->pending);   /* pending first, in order */
+  pl_fifo t = c->pending;
+  c->pending = c->incoming;
+  c->incoming = t;
+  c->in_poked = 0;
+  if (close) c->in_closed = 1;
+  pthread_mutex_unlock(&c->in_mu);
+}
+
+/* Before sleeping: tells submitters whether a new task should wake us
+** (a worker has room).  Returns 1 when tasks came in meanwhile that a
+** worker has room for: do not sleep. */
+static int io_set_hungry(pl_core *c) {
+  int hungry = 0;
+  for (int i = 0; i < c->nworkers && !hungry; i++) hungry = worker_room(c, &c->w[i]);
+  pthread_mutex_lock(&c->in_mu);
+  c->hungry = hungry;
+  int now_work = hungry && c->incoming.head != NULL;
+  pthread_mutex_unlock(&c->in_mu);
+  return now_work;
 }
 
 static int io_done(pl_core *c) {
@@ -468,6 +584,7 @@ static void *io_main(void *arg) {
   int *slot = malloc((size_t)(c->nworkers + 1) * sizeof *slot);
   pthread_mutex_lock(&c->mu);
   while (pfd != NULL && slot != NULL) {
+    io_take_incoming(c, 0);
     io_dispatch(c);
     io_shutdowns(c);
     if (c->ev_head) pthread_cond_broadcast(&c->cond);
@@ -482,9 +599,11 @@ static void *io_main(void *arg) {
       pfd[n].events = POLLIN | (w->unsent ? POLLOUT : 0);
       slot[n++] = i;
     }
+    int busy = io_ask_wakeups(c) | io_set_hungry(c);
     pthread_mutex_unlock(&c->mu);
-    int r = poll(pfd, (nfds_t)n, -1);
+    int r = poll(pfd, (nfds_t)n, busy ? 0 : -1);
     pthread_mutex_lock(&c->mu);
+    io_drain_all(c);
     if (r < 0) continue;
     if (pfd[0].revents & POLLIN) {
       uint64_t v;
@@ -495,9 +614,12 @@ static void *io_main(void *arg) {
       pl_worker *w = &c->w[slot[k]];
       if (w->fd != pfd[k].fd) continue;   /* replaced meanwhile */
       if (pfd[k].revents & POLLOUT) io_write(c, w);
-      if (pfd[k].revents & (POLLIN | POLLHUP | POLLERR)) io_read(c, slot[k]);
+      if (w->fd == pfd[k].fd && (pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+        io_read(c, slot[k]);
     }
   }
+  io_take_incoming(c, 1);
+  cancel_fifo(c, &c->pending);
   c->finished = 1;
   pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->mu);
@@ -539,19 +661,20 @@ static int core_new(lua_State *L) {
   if (c == NULL) return luaL_error(L, "not enough memory");
   c->w = calloc((size_t)n, sizeof *c->w);
   c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  c->took = mmap(NULL, (size_t)n * sizeof *c->took, PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (c->took == MAP_FAILED) c->took = NULL;
-  if (c->w == NULL || c->efd < 0 || c->took == NULL) {
+  c->rings = mmap(NULL, (size_t)n * sizeof *c->rings, PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (c->rings == MAP_FAILED) c->rings = NULL;
+  if (c->w == NULL || c->efd < 0 || c->rings == NULL) {
     int e = errno;
     if (c->efd >= 0) close(c->efd);
-    if (c->took) munmap((void *)c->took, (size_t)n * sizeof *c->took);
+    if (c->rings) munmap(c->rings, (size_t)n * sizeof *c->rings);
     free(c->w);
     free(c);
     return mt_raise(L, "OSError", "[Errno %d] pool: %s", e, strerror(e));
   }
   fds_add(c->efd);
   pthread_mutex_init(&c->mu, NULL);
+  pthread_mutex_init(&c->in_mu, NULL);
   pthread_cond_init(&c->cond, NULL);
   c->refs = 1;
   c->owner = getpid();
@@ -577,8 +700,9 @@ static void start_io(lua_State *L, pl_core *c) {
   c->started = 1;
 }
 
-/* In a worker: where it records the job it takes (see io_worker_gone). */
-static _Atomic uint64_t *wk_started;
+/* In a worker: its ring (results out, and the job it took: see
+** io_worker_gone). */
+static pl_ring *wk_ring;
 
 /* In a new worker: nothing of the parent's pools but its own socket. */
 static void child_setup(int keep) {
@@ -628,7 +752,7 @@ static int core_spawn(lua_State *L) {
     return mt_raise(L, "OSError", "[Errno %d] socketpair: %s", errno, strerror(errno));
   fds_add(sv[0]);
   fds_add(sv[1]);
-  atomic_store(&c->took[slot], 0);
+  ring_reset(&c->rings[slot]);   /* its last worker is reaped */
   lua_getiuservalue(L, 1, 1);   /* _multiprocessing.fork */
   if (lua_pcall(L, 0, 1, 0) != LUA_OK) {   /* no fd may leak */
     close_fd(&sv[0]);
@@ -638,7 +762,7 @@ static int core_spawn(lua_State *L) {
   pid_t pid = (pid_t)lua_tointeger(L, -1);
   lua_pop(L, 1);
   if (pid == 0) {
-    wk_started = &c->took[slot];
+    wk_ring = &c->rings[slot];
     child_setup(sv[1]);
     child_run(L, sv[1], nargs);
   }
@@ -678,15 +802,20 @@ static int core_submit(lua_State *L) {
   memcpy(f->data, &flen, 4);
   memcpy(f->data + 4, &j, 8);
   memcpy(f->data + PL_HDR_TASK, payload, len);
-  pthread_mutex_lock(&c->mu);
-  if (c->terminating || c->finished) {
-    pthread_mutex_unlock(&c->mu);
+  pthread_mutex_lock(&c->in_mu);
+  if (c->in_closed) {
+    pthread_mutex_unlock(&c->in_mu);
     free(f);
     return mt_raise(L, "ValueError", "Pool not running");
   }
-  fifo_push(&c->pending, f);
-  core_poke(c);
-  pthread_mutex_unlock(&c->mu);
+  fifo_push(&c->incoming, f);
+  int wake = c->hungry && !c->in_poked;
+  if (wake) c->in_poked = 1;
+  pthread_mutex_unlock(&c->in_mu);
+  if (wake) {
+    uint64_t one = 1;
+    if (write(c->efd, &one, sizeof one) < 0) { /* full counter: awake anyway */ }
+  }
   return 0;
 }
 
@@ -796,6 +925,10 @@ static void core_kill_all(pl_core *c) {
     if (w->state == W_RESPAWN) w->state = W_DEAD;
   }
   cancel_fifo(c, &c->pending);
+  pthread_mutex_lock(&c->in_mu);
+  cancel_fifo(c, &c->incoming);
+  c->in_closed = 1;
+  pthread_mutex_unlock(&c->in_mu);
   if (c->started) core_poke(c);
   else c->finished = 1;   /* no I/O thread: nothing else will end it */
   pthread_cond_broadcast(&c->cond);
@@ -905,7 +1038,7 @@ static int wk_recv(lua_State *L) {
       if (avail >= 4 + (size_t)len) {
         uint64_t job;
         memcpy(&job, wk_in.buf + wk_in.off + 4, 8);
-        if (wk_started) atomic_store(wk_started, job);
+        if (wk_ring) atomic_store(&wk_ring->took, job);
         lua_pushinteger(L, (lua_Integer)job);
         lua_pushlstring(L, wk_in.buf + wk_in.off + PL_HDR_TASK, len - 8);
         wk_in.off += 4 + (size_t)len;
@@ -916,44 +1049,67 @@ static int wk_recv(lua_State *L) {
   }
 }
 
-/* _pool.send(fd, job, ok, payload): one result, written at once, so a
-** worker that dies later loses nothing it finished. */
+/* Tells the parent's I/O thread that its ring has data, if it asked
+** (it is about to sleep, or sleeps, in poll). */
+static void wk_wake_parent(int fd) {
+  if (atomic_exchange(&wk_ring->parent_idle, 0)) {
+    ssize_t r;
+    do r = write(fd, "", 1); while (r < 0 && errno == EINTR);
+  }
+}
+
+/* Appends n bytes to the ring; while it is full, waits (GIL released)
+** for the parent to take some.  Returns 0, or -1 when the parent is
+** gone. */
+static int wk_put(lua_State *L, int fd, const char *p, size_t n) {
+  pl_ring *r = wk_ring;
+  while (n > 0) {
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    size_t room = PL_RING - (size_t)(tail - atomic_load(&r->head));
+    if (room == 0) {
+      uint32_t seq = atomic_load(&r->space_seq);
+      atomic_store(&r->worker_waits, 1);
+      wk_wake_parent(fd);
+      if (PL_RING - (size_t)(tail - atomic_load(&r->head)) == 0) {
+        mt_blocking_begin(L);
+        shm_futex_wait(&r->space_seq, seq, 0.1);
+        mt_blocking_end(L);
+      }
+      atomic_store(&r->worker_waits, 0);
+      if (getppid() == 1) return -1;   /* orphaned: nobody will read */
+      continue;
+    }
+    size_t k = n < room ? n : room;
+    size_t at = (size_t)(tail % PL_RING), first = PL_RING - at;
+    if (first > k) first = k;
+    memcpy(r->data + at, p, first);
+    memcpy(r->data, p + first, k - first);
+    atomic_store(&r->tail, tail + k);
+    p += k;
+    n -= k;
+  }
+  return 0;
+}
+
+/* _pool.send(fd, job, ok, payload) -> true | false (the parent is
+** gone): one result, in the ring at once, so a worker that dies later
+** loses nothing it finished. */
 static int wk_send(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
   uint64_t job = (uint64_t)luaL_checkinteger(L, 2);
   char ok = (char)lua_toboolean(L, 3);
   size_t len;
   const char *payload = luaL_checklstring(L, 4, &len);
+  if (wk_ring == NULL) return luaL_error(L, "_pool.send: not in a pool worker");
   if (len > PL_MAXFRAME - 16) return mt_raise(L, "ValueError", "pool: result of %d bytes is too large", (int)len);
   char hdr[PL_HDR_RESULT];
   uint32_t flen = (uint32_t)(9 + len);
   memcpy(hdr, &flen, 4);
   memcpy(hdr + 4, &job, 8);
   hdr[12] = ok;
-  struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)payload, len}};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  int err = 0;
-  mt_blocking_begin(L);
-  while (iov[1].iov_len > 0 || iov[0].iov_len > 0) {
-    msg.msg_iov = iov[0].iov_len ? iov : iov + 1;
-    msg.msg_iovlen = iov[0].iov_len ? 2 : 1;
-    ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      err = errno;
-      break;
-    }
-    size_t left = (size_t)r;
-    for (int i = 0; i < 2 && left > 0; i++) {
-      size_t k = left < iov[i].iov_len ? left : iov[i].iov_len;
-      iov[i].iov_base = (char *)iov[i].iov_base + k;
-      iov[i].iov_len -= k;
-      left -= k;
-    }
-  }
-  mt_blocking_end(L);
-  lua_pushboolean(L, err == 0);   /* false: the parent is gone */
+  int gone = wk_put(L, fd, hdr, sizeof hdr) < 0 || wk_put(L, fd, payload, len) < 0;
+  if (!gone) wk_wake_parent(fd);
+  lua_pushboolean(L, !gone);
   return 1;
 }
 
