@@ -41,11 +41,13 @@ static const char GR_WEAK[] = "mtlua.greenlet.objects";
 #define STACK_SIZE (1024 * 1024)
 
 struct gl_stack {
-  void *mem;
+  void *mem;              /* lowest address (the guard page) */
   size_t size;
   void *sp;
   gl_stack *next;
   gl_ts *ts;
+  void *fake;             /* ASan: its fake stack while switched away */
+  void *fiber;            /* TSan: its fiber */
 };
 
 static void tramp_main(gl_stack *S);
@@ -116,6 +118,102 @@ static void ctx_prepare(gl_stack *S) {
 }
 #endif
 
+/* ------------------------------------------ sanitizer annotations */
+
+/* ASan and TSan track one C stack per thread; a context switch must be
+** announced to them, or ASan takes the new stack for a wild overflow
+** (and a longjmp on it for stack corruption) and TSan mixes up the two
+** stacks' shadow call stacks.  Each gl_stack, and the thread's own
+** stack (ts->os), is a "fiber" for them. */
+#if defined(__SANITIZE_ADDRESS__)
+#define GL_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define GL_TSAN 1
+#endif
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define GL_ASAN 1
+#endif
+#if __has_feature(thread_sanitizer)
+#define GL_TSAN 1
+#endif
+#endif
+
+#ifdef GL_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#ifdef GL_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+/* Before leaving stack 'from' for 'to'. */
+static void san_leave(gl_stack *from, gl_stack *to) {
+#ifdef GL_ASAN
+  __sanitizer_start_switch_fiber(&from->fake, to->mem, to->size);
+#endif
+#ifdef GL_TSAN
+  __tsan_switch_to_fiber(to->fiber, 0);
+#endif
+  (void)from; (void)to;
+}
+
+/* Just arrived on stack 'here' from 'from'.  The thread's own stack
+** learns its bounds from ASan the first time it is left. */
+static void san_arrive(gl_stack *here, gl_stack *from) {
+#ifdef GL_ASAN
+  const void *bottom;
+  size_t size;
+  __sanitizer_finish_switch_fiber(here->fake, &bottom, &size);
+  if (from != NULL && from->mem == NULL) {
+    from->mem = (void *)bottom;
+    from->size = size;
+  }
+#endif
+  (void)here; (void)from;
+}
+
+static void san_stack_new(gl_stack *S) {
+#ifdef GL_TSAN
+  S->fiber = __tsan_create_fiber(0);
+#endif
+  (void)S;
+}
+
+static void san_stack_free(gl_stack *S) {
+#ifdef GL_ASAN
+  __asan_unpoison_memory_region(S->mem, S->size);   /* stale redzones */
+#endif
+#ifdef GL_TSAN
+  __tsan_destroy_fiber(S->fiber);
+#endif
+  (void)S;
+}
+
+/* The record of the calling thread's own stack. */
+static gl_stack *san_thread_stack(gl_ts *ts) {
+  gl_stack *S = calloc(1, sizeof *S);
+  if (S == NULL) return NULL;
+  S->ts = ts;
+#ifdef GL_TSAN
+  S->fiber = __tsan_get_current_fiber();
+#endif
+  return S;
+}
+
+/* Switches from the running stack to 'to' (resuming at 'to_sp'),
+** saving the running context in *save.  Returns when something
+** switches back. */
+static void ctx_switch(gl_ts *ts, gl_stack *to, void **save, void *to_sp) {
+  gl_stack *from = ts->stack;
+  ts->stack = to;
+  ts->from = from;
+  san_leave(from, to);
+  co_swap(save, to_sp);
+  san_arrive(from, ts->from);
+}
+
 static gl_stack *stack_new(gl_ts *ts) {
   gl_stack *S = calloc(1, sizeof *S);
   if (S == NULL) return NULL;
@@ -126,7 +224,14 @@ static gl_stack *stack_new(gl_ts *ts) {
   mprotect(S->mem, 4096, PROT_NONE);   /* a guard page: overflow faults */
   S->ts = ts;
   ctx_prepare(S);
+  san_stack_new(S);
   return S;
+}
+
+static void stack_free(gl_stack *S) {
+  san_stack_free(S);
+  munmap(S->mem, S->size);
+  free(S);
 }
 
 /* ------------------------------------------------ thread states */
@@ -162,6 +267,8 @@ gl_ts *gl_ts_get(lua_State *L) {
   if (ts == NULL) luaL_error(L, "not enough memory");
   ts->U = U;
   ts->thread = mt_self(L);
+  ts->os = ts->stack = san_thread_stack(ts);
+  if (ts->os == NULL) { free(ts); luaL_error(L, "not enough memory"); }
   ts->Ltr = lua_newthread(L);
   ts->Ltr_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushnil(ts->Ltr);                   /* slot 1: the running coroutine */
@@ -347,6 +454,7 @@ static void foreign_yield(gl_ts *ts, gl_gr *x, int nres) {
 static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
   ts->current = x;
   x->state = GL_RUNNING;
+  x->seq++;
   if (x->pin_ref != LUA_NOREF) {
     lua_rawgeti(ts->Ltr, LUA_REGISTRYINDEX, x->pin_ref);
     lua_replace(ts->Ltr, 1);
@@ -359,7 +467,7 @@ static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
   mt_set_running(x->sl);
   S->next = ts->spare;
   ts->spare = S;
-  co_swap(&S->sp, x->sp);
+  ctx_switch(ts, x->stk, &S->sp, x->sp);
 }
 
 static void resume_gr(gl_ts *ts, gl_gr *x) {
@@ -367,6 +475,7 @@ static void resume_gr(gl_ts *ts, gl_gr *x) {
   int nres, status;
   ts->current = x;
   x->state = GL_RUNNING;
+  x->seq++;
   lua_pushthread(co);                  /* anchor it while it runs */
   lua_xmove(co, ts->Ltr, 1);
   lua_replace(ts->Ltr, 1);
@@ -393,6 +502,7 @@ static void run_deferred(gl_ts *ts) {
 /* The trampoline: runs on a stack of its own, forever. */
 static void tramp_main(gl_stack *S) {
   gl_ts *ts = S->ts;
+  san_arrive(S, ts->from);
   for (;;) {
     gl_gr *x = ts->next;
     if (ts->ndeferred) run_deferred(ts);
@@ -421,7 +531,8 @@ static void pin(lua_State *L, gl_ts *ts) {
   }
   cur->state = GL_PINNED;
   cur->sl = L;
-  co_swap(&cur->sp, S->sp);
+  cur->stk = ts->stack;
+  ctx_switch(ts, S, &cur->sp, S->sp);
   /* back: ts->current == cur, state RUNNING (enter_pinned) */
 }
 

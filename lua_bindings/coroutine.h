@@ -30,7 +30,9 @@ struct gl_gr {
   lua_State *co;          /* its coroutine (NULL for main and hub) */
   lua_State *sl;          /* pinned: the state whose C call waits */
   void *sp;               /* pinned: the saved C context */
+  gl_stack *stk;          /* pinned: the C stack it waits on */
   int state, kind;
+  unsigned seq;           /* times resumed (hub.c drops stale wake-ups) */
   gl_gr *parent;          /* anchored by the userdata's uservalue 2 */
   int pin_ref;            /* registry ref to co while pinned */
   int throw_ref;          /* pending exception to raise when resumed */
@@ -52,6 +54,8 @@ struct gl_ts {
   int main_ref, hub_ref;   /* registry refs of their userdata */
   int nnext;               /* values waiting for 'next' */
   gl_stack *spare;         /* parked trampolines, ready for reuse */
+  gl_stack *os;            /* the OS thread's own stack (main's) */
+  gl_stack *stack, *from;  /* the running C stack; the one left last */
   int closing;             /* unwinding a collected greenlet */
   int *deferred, ndeferred, cdeferred;   /* coroutines to unwind here */
   struct gl_hub *hub;      /* hub.c's part, NULL until first used */

@@ -13,6 +13,14 @@
 **
 ** The ready queue holds (greenlet, value) pairs in a Lua table used as a
 ** ring (so the greenlets are anchored), with a mode per slot in C.
+**
+** A switch queued for a greenlet ends the wait it is in (or about to
+** enter) when queued; if something else resumed it meanwhile (its sleep
+** timer fired while an Event woke it, a Semaphore released twice),
+** the entry is stale and must not cut its next wait short.  So each
+** slot records the greenlet's resume count (gl_gr.seq) at queueing
+** time, and a switch whose count no longer matches is dropped.  Throws
+** (kill, Timeout) are never stale: they are cancelled explicitly.
 */
 #define _GNU_SOURCE
 #include <math.h>
@@ -31,7 +39,7 @@ typedef struct gl_hub {
   gl_ts *ts;
   int ring_ref;               /* registry: the ring table */
   int cap, head, count;       /* ring slots, 2 Lua values each */
-  unsigned char *modes;
+  struct hub_slot { unsigned seq; unsigned char mode; } *slots;
   gl_gr *wakes, *wakes_tail;  /* woken mt_wait greenlets (GIL) */
   hub_timer *fired;           /* fired during uv_run (hub thread) */
   int external;               /* greenlets waiting in mt_wait */
@@ -47,6 +55,7 @@ struct hub_timer {
   gl_hub *hub;
   int kind, mode;
   int ref;                    /* T_SCHED: registry {g, value} */
+  unsigned seq;               /* T_SCHED: g's resume count when set */
   gl_gr *g;                   /* T_WAIT */
   int fired, cancelled;
   hub_timer *next_fired;
@@ -74,11 +83,11 @@ static int is_patched(mt_universe *U) {
 
 /* ------------------------------------------------------- the ring */
 
-static void ring_push(lua_State *L, gl_hub *h, int mode) {   /* g, v on top */
+static void ring_push(lua_State *L, gl_hub *h, int mode, unsigned seq) {   /* g, v on top */
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->ring_ref);
   if (h->count == h->cap) {           /* grow: copy in order */
     int ncap = h->cap * 2;
-    unsigned char *m = malloc(ncap);
+    struct hub_slot *m = malloc(ncap * sizeof *m);
     if (m == NULL) luaL_error(L, "not enough memory");
     lua_createtable(L, 2 * ncap, 0);
     for (int i = 0; i < h->count; i++) {
@@ -87,10 +96,10 @@ static void ring_push(lua_State *L, gl_hub *h, int mode) {   /* g, v on top */
       lua_rawseti(L, -2, 2 * i + 1);
       lua_rawgeti(L, -2, 2 * s + 2);
       lua_rawseti(L, -2, 2 * i + 2);
-      m[i] = h->modes[s];
+      m[i] = h->slots[s];
     }
-    free(h->modes);
-    h->modes = m;
+    free(h->slots);
+    h->slots = m;
     h->head = 0;
     h->cap = ncap;
     lua_pushvalue(L, -1);
@@ -102,12 +111,13 @@ static void ring_push(lua_State *L, gl_hub *h, int mode) {   /* g, v on top */
   lua_rawseti(L, -3, 2 * s + 2);
   lua_rawseti(L, -2, 2 * s + 1);
   lua_pop(L, 1);
-  h->modes[s] = (unsigned char)mode;
+  h->slots[s].mode = (unsigned char)mode;
+  h->slots[s].seq = seq;
   h->count++;
 }
 
-/* Pushes g, v of the oldest entry; returns its mode. */
-static int ring_pop(lua_State *L, gl_hub *h) {
+/* Pushes g, v of the oldest entry; returns its mode and sets *seq. */
+static int ring_pop(lua_State *L, gl_hub *h, unsigned *seq) {
   int s = h->head;
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->ring_ref);
   lua_rawgeti(L, -1, 2 * s + 1);
@@ -119,7 +129,8 @@ static int ring_pop(lua_State *L, gl_hub *h) {
   lua_remove(L, -3);
   h->head = (h->head + 1) % h->cap;
   h->count--;
-  return h->modes[s];
+  *seq = h->slots[s].seq;
+  return h->slots[s].mode;
 }
 
 /* --------------------------------------------------------- timers */
@@ -203,7 +214,7 @@ static void process_fired(lua_State *L, gl_hub *h) {
       lua_rawgeti(L, -1, 1);
       lua_rawgeti(L, -2, 2);
       lua_remove(L, -3);
-      ring_push(L, h, t->mode);
+      ring_push(L, h, t->mode, t->seq);
       luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
       t->ref = LUA_NOREF;
     }
@@ -224,7 +235,8 @@ static gl_hub *hub_get(lua_State *L) {
   uv_unref((uv_handle_t *)&h->async);
   h->ts = ts;
   h->cap = 64;
-  h->modes = malloc(h->cap);
+  h->slots = malloc(h->cap * sizeof *h->slots);
+  if (h->slots == NULL) luaL_error(L, "not enough memory");
   lua_createtable(L, 2 * h->cap, 0);
   h->ring_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   gl_new_hub(L, ts);
@@ -281,11 +293,12 @@ gl_gr *hub_next(gl_ts *ts) {
     }
     if (h->count > 0) {
       if (now_coarse() - h->last_poll > 0.001) run_loop(h, T, UV_RUN_NOWAIT);
-      int mode = ring_pop(T, h);
+      unsigned seq;
+      int mode = ring_pop(T, h, &seq);
       gl_gr *g = gl_test(T, -2);
       if (g == NULL || g->ts != ts || g->state == GL_DEAD || g->kind == GL_HUB
-          || (g->state == GL_PINNED && g->waiter != NULL && mode != MODE_THROW)) {
-        lua_pop(T, 2);   /* stale: gone, or waiting in mt_wait */
+          || (mode != MODE_THROW && (g->seq != seq || (g->state == GL_PINNED && g->waiter != NULL)))) {
+        lua_pop(T, 2);   /* stale: gone, resumed since, or waiting in mt_wait */
         continue;
       }
       lua_remove(T, -2);
@@ -479,7 +492,7 @@ static int schedule(lua_State *L, int mode) {
   gl_hub *h = hub_get(L);
   if (g->ts != h->ts) return mt_raise(L, "greenlet.error", "cannot schedule a greenlet of a different thread");
   lua_settop(L, 2);
-  ring_push(L, h, mode);
+  ring_push(L, h, mode, g->seq);
   return 0;
 }
 static int h_schedule(lua_State *L) { return schedule(L, MODE_SWITCH); }
@@ -511,7 +524,7 @@ static int h_sleep(lua_State *L) {
   if (s == 0) {
     gl_push(L, ts->current);
     lua_pushnil(L);
-    ring_push(L, h, MODE_SWITCH);
+    ring_push(L, h, MODE_SWITCH, ts->current->seq);
   } else {
     t = timer_start(L, h, s, T_SCHED);
     lua_createtable(L, 2, 0);
@@ -519,6 +532,7 @@ static int h_sleep(lua_State *L) {
     lua_rawseti(L, -2, 1);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->mode = MODE_SWITCH;
+    t->seq = ts->current->seq;
   }
   return to_hub(L, (lua_KContext)t, sleep_k);
 }
@@ -532,7 +546,7 @@ typedef struct timer_box { hub_timer *t; } timer_box;
 static int h_timer(lua_State *L) {
   double s = check_seconds(L, 1, "timer");
   lua_settop(L, 4);
-  gl_check(L, 2);
+  gl_gr *g = gl_check(L, 2);
   gl_hub *h = hub_get(L);
   timer_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = NULL;
@@ -540,6 +554,7 @@ static int h_timer(lua_State *L) {
   hub_timer *t = timer_start(L, h, s, T_SCHED);
   b->t = t;
   t->mode = lua_toboolean(L, 4) ? MODE_THROW : MODE_SWITCH;
+  t->seq = g->seq;
   lua_createtable(L, 2, 0);
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, 1);
