@@ -234,6 +234,15 @@ static int ms_sleep(lua_State *L, ms_head *h, double deadline, int *quiet) {
 
 /* --------------------------------------------------------- arguments */
 
+/* An options table or a Python-call form table: no metatable (an
+** object, such as a lock, has its class). */
+static int is_plain_table(lua_State *L, int idx) {
+  if (!lua_istable(L, idx)) return 0;
+  if (!lua_getmetatable(L, idx)) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
 /* acquire(blocking=true, timeout=-1) or acquire{blocking=, timeout=}:
 ** the deadline (-1 forever), -2 for "don't block".  As threading's,
 ** but a negative timeout other than -1 waits not at all, as
@@ -543,7 +552,7 @@ static ms_handle *cond_lock(lua_State *L) {
 /* Condition(lock=RLock()) */
 static int cond_init(lua_State *L) {
   lua_settop(L, 2);
-  if (lua_istable(L, 2) && mt_toobject(L, 2, &MS_KEY) == NULL) {   /* Condition{lock=} */
+  if (is_plain_table(L, 2)) {   /* Condition{lock=} */
     if (lua_getfield(L, 2, "lock") == LUA_TNIL) { lua_pop(L, 1); lua_rawgeti(L, 2, 1); }
     lua_replace(L, 2);
   }
@@ -802,7 +811,7 @@ static void encode_item(lua_State *L, int idx, const ms_type *t, char *out, cons
 ** optidx, or a positional argument): sets self._lock.  true/nil: a new
 ** RLock; false: none; else a multiprocessing Lock or RLock. */
 static void values_lock_opt(lua_State *L, int optidx, const char *fname) {
-  if (optidx != 0 && lua_istable(L, optidx) && mt_toobject(L, optidx, &MS_KEY) == NULL)
+  if (optidx != 0 && is_plain_table(L, optidx))
     lua_getfield(L, optidx, "lock");
   else if (optidx != 0) lua_pushvalue(L, optidx);
   else lua_pushnil(L);
@@ -843,7 +852,7 @@ static int value_init(lua_State *L) {
     lua_replace(L, 4);
     lua_replace(L, 3);
     lua_replace(L, 2);
-  } else if (lua_istable(L, 3) && mt_toobject(L, 3, &MS_KEY) == NULL) {
+  } else if (is_plain_table(L, 3)) {
     optidx = 3;   /* Value('i', {lock=false}): no init, options */
     lua_pushnil(L);
     lua_replace(L, 3);
