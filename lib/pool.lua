@@ -16,6 +16,7 @@ local M = {}
 local type, select, pairs, tostring, rawget, getmetatable = type, select, pairs, tostring, rawget, getmetatable
 local xpcall, pcall, error = xpcall, pcall, error
 local unpack, pack, move = table.unpack, table.pack, table.move
+local pack_chunk, unpack_chunk, unpack_into = _pool.pack, _pool.unpack, _pool.unpack_into
 local monotonic = require("time").monotonic
 
 local EV_RESULT, EV_LOST, EV_EXITED, EV_CANCELLED = 1, 2, 3, 4
@@ -92,17 +93,16 @@ local function run_chunk(func, items, star)
 end
 
 -- An iterable (array table honouring .n, or an iterator function) as
--- an array with .n.
+-- an array and its length.  A table is used as it is: its chunks are
+-- packed before map returns, so later changes to it do not matter.
 local function to_array(fname, iterable)
   if type(iterable) == "table" and not is_callable(iterable) then
-    local n = iterable.n or #iterable
-    return move(iterable, 1, n, 1, { n = n })
+    return iterable, iterable.n or #iterable
   end
   if is_callable(iterable) then
     local out, n = {}, 0
     for v in iterable do n = n + 1; out[n] = v end
-    out.n = n
-    return out
+    return out, n
   end
   type_error(fname, "iterable", iterable, "a table or an iterator function")
 end
@@ -194,7 +194,7 @@ M.MapResult = MapResult
 
 function MapResult:__init__(pool, n, nchunks, callback, error_callback)
   AsyncResult.__init__(self, pool, callback, error_callback)
-  self._value = { n = n }
+  self._value = _pool.newarray(n)
   self._left = nchunks
   self._failed = false
   if nchunks == 0 then self:_set(true, self._value) end
@@ -207,7 +207,11 @@ function MapResult:_set_chunk(start, ok, values)
     return self:_set(false, values)
   end
   local out = self._value
-  for i = 1, values.n or #values do out[start + i - 1] = values[i] end
+  if type(values) == "string" then   -- a packed chunk from a worker process
+    unpack_into(out, start, values)
+  else
+    for i = 1, values.n or #values do out[start + i - 1] = values[i] end
+  end
   self._left = self._left - 1
   if self._left == 0 then self:_set(true, out) end
 end
@@ -229,6 +233,7 @@ end
 
 -- A failed chunk: each of its positions carries the error.
 function IMapIterator:_set_chunk(start, ok, values)
+  if ok and type(values) == "string" then values = unpack_chunk(values) end
   local count = ok and (values.n or #values) or self._chunk_len[start]
   local order = self._order
   for i = 1, count do
@@ -354,12 +359,11 @@ local function check_chunksize(fname, chunksize)
 end
 
 -- Sends items[1..n] as chunks; 'target' receives them by position.
-function Base:_submit_chunks(target, func, items, chunksize, star)
-  local n = items.n
+function Base:_submit_chunks(target, func, items, n, chunksize, star)
   for start = 1, n, chunksize do
     local stop = math.min(start + chunksize - 1, n)
-    local chunk = move(items, start, stop, 1, { n = stop - start + 1 })
     if target._chunk_len then target._chunk_len[start] = stop - start + 1 end
+    local chunk = self:_chunk(items, start, stop)
     self:_submit(self:_newjob(target, start), 2, func, chunk, star)
   end
 end
@@ -375,18 +379,18 @@ function Base:_map_async(fname, star, func, iterable, chunksize, callback, error
   if callback ~= nil then check_callable(fname, "callback", callback) end
   if error_callback ~= nil then check_callable(fname, "error_callback", error_callback) end
   self:_check_running()
-  local items = to_array(fname, iterable)
+  local items, n = to_array(fname, iterable)
   if star then
-    for i = 1, items.n do
+    for i = 1, n do
       if type(items[i]) ~= "table" then
         raise(TypeError(("%s() item %d must be a table of arguments, not %s"):format(fname, i, type(items[i]))))
       end
     end
   end
-  chunksize = chunksize or default_chunksize(self, items.n)
-  local nchunks = items.n == 0 and 0 or (items.n + chunksize - 1) // chunksize
-  local r = MapResult(self, items.n, nchunks, callback, error_callback)
-  self:_submit_chunks(r, func, items, chunksize, star)
+  chunksize = chunksize or default_chunksize(self, n)
+  local nchunks = n == 0 and 0 or (n + chunksize - 1) // chunksize
+  local r = MapResult(self, n, nchunks, callback, error_callback)
+  self:_submit_chunks(r, func, items, n, chunksize, star)
   return r
 end
 
@@ -400,9 +404,9 @@ function Base:_imap(fname, unordered, func, iterable, chunksize)
   check_callable(fname, "func", func)
   check_chunksize(fname, chunksize)
   self:_check_running()
-  local items = to_array(fname, iterable)
-  local it = IMapIterator(self, items.n, unordered)
-  self:_submit_chunks(it, func, items, chunksize or 1, false)
+  local items, n = to_array(fname, iterable)
+  local it = IMapIterator(self, n, unordered)
+  self:_submit_chunks(it, func, items, n, chunksize or 1, false)
   return it
 end
 
@@ -461,10 +465,12 @@ local function worker_handler(e)
   return e
 end
 
-local function run_task(payload, loads)
+-- -> result, is_packed (a map chunk's results go packed, not pickled)
+local function run_task(payload, extra, loads)
   local t = loads(payload)
-  if t[1] == 1 then return call(t[2], t[3], t[4]) end
-  return run_chunk(t[2], t[3], t[4])
+  if t[1] == 1 then return call(t[2], t[3], t[4]), false end
+  local out = run_chunk(t[2], unpack_chunk(extra), t[4])
+  return out, true
 end
 
 -- The error as it travels: {error, traceback}; an error that cannot be
@@ -484,12 +490,13 @@ local function worker_main(fd, pickle, initializer, initargs, maxtasks)
   end
   local done = 0
   while maxtasks == nil or done < maxtasks do
-    local job, payload = recv(fd)
+    local job, payload, extra = recv(fd)
     if job == nil then break end
-    local ok, res = xpcall(run_task, worker_handler, payload, loads)
+    local ok, res, packed = xpcall(run_task, worker_handler, payload, extra, loads)
     local data
     if ok then
-      local pok, pdata = pcall(dumps, res)
+      local pok, pdata
+      if packed then pok, pdata = pcall(pack_chunk, res, 1, res.n) else pok, pdata = pcall(dumps, res) end
       if pok then
         data = pdata
       else
@@ -559,27 +566,34 @@ function Pool:_spawn(slot)
     self._initargs, self._maxtasks)
 end
 
+-- A chunk crosses packed (numbers) or pickled, in one string.
+function Pool:_chunk(items, i, j) return pack_chunk(items, i, j) end
+
+-- A map chunk (kind 2, args: the packed chunk) travels beside the
+-- pickle, so that only the function is signed and checked.
 function Pool:_submit(job, kind, func, args, kwds)
+  local extra
+  if kind == 2 then extra, args = args, nil end
   local ok, data = pcall(self._pickle.dumps, { kind, func, args, kwds })
   if not ok then
     self._jobs[job], self._starts[job] = nil, nil
     error(data, 0)
   end
-  self._core:submit(job, data)
+  self._core:submit(job, data, extra)
 end
 
 -- The pool's result thread: takes what the I/O thread collected,
 -- fills the results, runs the callbacks, replaces lost workers.
 function M._handle_results(self)
-  local core, loads = self._core, self._pickle.loads
+  local core, loads, starts = self._core, self._pickle.loads, self._starts
   while true do
     local ev = core:wait()
     if ev == nil then break end
     for i = 1, ev.n, 5 do
       local kind, job = ev[i], ev[i + 1]
       if kind == EV_RESULT then
-        local lok, value = pcall(loads, ev[i + 3])
-        local ok = ev[i + 2]
+        local ok, lok, value = ev[i + 2], true, ev[i + 3]
+        if not ok or starts[job] == nil then lok, value = pcall(loads, value) end
         if not lok then
           ok, value = false, value
         elseif not ok then
@@ -652,6 +666,8 @@ function ThreadPool:_start_worker()
   self._workers[t] = true
   t:start()
 end
+
+function ThreadPool:_chunk(items, i, j) return move(items, i, j, 1, { n = j - i + 1 }) end
 
 function ThreadPool:_submit(job, kind, func, args, kwds)
   local cond = self._tcond

@@ -20,7 +20,9 @@
 ** blocks with the GIL released.
 **
 ** Frames (host byte order, same machine):
-**   parent -> worker:  u32 len, u64 job, payload          (len = 8 + #payload)
+**   parent -> worker:  u32 len, u64 job, u32 #payload, payload, extra
+**                      (len = 12 + #payload + #extra; extra: a map
+**                      chunk, raw, outside the signed pickle)
 **   worker -> parent:  u32 len, u64 job, u8 ok, payload   (len = 9 + #payload)
 */
 #define _GNU_SOURCE
@@ -40,9 +42,10 @@
 #include <sys/wait.h>
 
 #include "mt_core.h"
+#include "pickle.h"
 #include "shm.h"
 
-#define PL_HDR_TASK 12
+#define PL_HDR_TASK 16
 #define PL_HDR_RESULT 13
 #define PL_MAXFRAME 0x7fffff00u
 #define PL_MAXIOV 64
@@ -785,23 +788,28 @@ static int core_spawn(lua_State *L) {
   return 1;
 }
 
-/* core:submit(job, payload): queues a task for the I/O thread. */
+/* core:submit(job, payload, extra?): queues a task for the I/O thread. */
 static int core_submit(lua_State *L) {
   pl_core *c = checkcore(L);
   lua_Integer job = luaL_checkinteger(L, 2);
-  size_t len;
-  const char *payload = luaL_checklstring(L, 3, &len);
-  if (len > PL_MAXFRAME - 16) return mt_raise(L, "ValueError", "pool: task of %d bytes is too large", (int)len);
+  size_t plen, elen = 0;
+  const char *payload = luaL_checklstring(L, 3, &plen);
+  const char *extra = luaL_optlstring(L, 4, "", &elen);
+  if (plen > PL_MAXFRAME - 32 || elen > PL_MAXFRAME - 32 - plen)
+    return mt_raise(L, "ValueError", "pool: task of %d bytes is too large", (int)(plen + elen));
+  size_t len = plen + elen;
   pl_frame *f = malloc(sizeof *f + PL_HDR_TASK + len);
   if (f == NULL) return luaL_error(L, "not enough memory");
-  uint32_t flen = (uint32_t)(8 + len);
+  uint32_t flen = (uint32_t)(12 + len), p32 = (uint32_t)plen;
   uint64_t j = (uint64_t)job;
   f->job = j;
   f->len = PL_HDR_TASK + len;
   f->sent = 0;
   memcpy(f->data, &flen, 4);
   memcpy(f->data + 4, &j, 8);
-  memcpy(f->data + PL_HDR_TASK, payload, len);
+  memcpy(f->data + 12, &p32, 4);
+  memcpy(f->data + PL_HDR_TASK, payload, plen);
+  memcpy(f->data + PL_HDR_TASK + plen, extra, elen);
   pthread_mutex_lock(&c->in_mu);
   if (c->in_closed) {
     pthread_mutex_unlock(&c->in_mu);
@@ -1026,7 +1034,8 @@ static int wk_fill(lua_State *L, int fd) {
   return 1;
 }
 
-/* _pool.recv(fd) -> job, payload | nil at end of file (no more tasks). */
+/* _pool.recv(fd) -> job, payload, extra | nil at end of file (no more
+** tasks).  extra is nil when the task has none. */
 static int wk_recv(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
   for (;;) {
@@ -1034,15 +1043,21 @@ static int wk_recv(lua_State *L) {
     if (avail >= 4) {
       uint32_t len;
       memcpy(&len, wk_in.buf + wk_in.off, 4);
-      if (len < 8 || len > PL_MAXFRAME) return luaL_error(L, "pool: damaged task frame");
+      if (len < 12 || len > PL_MAXFRAME) return luaL_error(L, "pool: damaged task frame");
       if (avail >= 4 + (size_t)len) {
+        const char *fr = wk_in.buf + wk_in.off;
         uint64_t job;
-        memcpy(&job, wk_in.buf + wk_in.off + 4, 8);
+        uint32_t plen;
+        memcpy(&job, fr + 4, 8);
+        memcpy(&plen, fr + 12, 4);
+        if (plen > len - 12) return luaL_error(L, "pool: damaged task frame");
         if (wk_ring) atomic_store(&wk_ring->took, job);
         lua_pushinteger(L, (lua_Integer)job);
-        lua_pushlstring(L, wk_in.buf + wk_in.off + PL_HDR_TASK, len - 8);
+        lua_pushlstring(L, fr + PL_HDR_TASK, plen);
+        if (len - 12 > plen) lua_pushlstring(L, fr + PL_HDR_TASK + plen, len - 12 - plen);
+        else lua_pushnil(L);
         wk_in.off += 4 + (size_t)len;
-        return 2;
+        return 3;
       }
     }
     if (!wk_fill(L, fd)) { lua_pushnil(L); return 1; }
@@ -1113,6 +1128,155 @@ static int wk_send(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------------ map chunks */
+
+/* A chunk of map items or results crosses as one string.  Where every
+** value is a number, a boolean or nil (the common map), it is packed:
+** 'N', u32 count, a tag per value, 8 bytes per value -- a loop of
+** memcpy instead of the general pickle, both ways.  Anything else is
+** the pickle of the slice as an array with .n (a pickle never starts
+** with 'N'). */
+enum { PK_INT, PK_FLT, PK_NIL, PK_TRUE, PK_FALSE };
+
+/* Packs t[i..j] if every value is a number, a boolean or nil; else
+** pushes nothing and returns 0.  One pass: a chunk of another kind
+** shows it at once, usually at its first value. */
+static int pack_numbers(lua_State *L, int t, lua_Integer i, lua_Integer j) {
+  size_t n = (size_t)(j - i + 1);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, 5 + 9 * n);
+  uint32_t n32 = (uint32_t)n;
+  out[0] = 'N';
+  memcpy(out + 1, &n32, 4);
+  char *tags = out + 5, *vals = out + 5 + n;
+  for (size_t k = 0; k < n; k++) {
+    char *v = vals + 8 * k;
+    switch (lua_rawgeti(L, t, i + (lua_Integer)k)) {
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, -1)) {
+          lua_Integer iv = lua_tointeger(L, -1);
+          tags[k] = PK_INT;
+          memcpy(v, &iv, 8);
+        } else {
+          lua_Number d = lua_tonumber(L, -1);
+          tags[k] = PK_FLT;
+          memcpy(v, &d, 8);
+        }
+        break;
+      case LUA_TNIL: tags[k] = PK_NIL; memset(v, 0, 8); break;
+      case LUA_TBOOLEAN:
+        tags[k] = lua_toboolean(L, -1) ? PK_TRUE : PK_FALSE;
+        memset(v, 0, 8);
+        break;
+      default:
+        lua_pop(L, 2);   /* the value and the buffer's box */
+        return 0;
+    }
+    lua_pop(L, 1);
+  }
+  luaL_pushresultsize(&b, 5 + 9 * n);
+  return 1;
+}
+
+/* _pool.pack(t, i, j) -> string: t[i..j] as one chunk. */
+static int pl_pack(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 2), j = luaL_checkinteger(L, 3);
+  if (j < i) j = i - 1;
+  if (j - i >= 0x7ffffff) return mt_raise(L, "ValueError", "pool: chunk of %d items is too large", (int)(j - i + 1));
+  if (pack_numbers(L, 1, i, j)) return 1;
+  lua_createtable(L, (int)(j - i + 1), 1);
+  for (lua_Integer k = i; k <= j; k++) {
+    lua_rawgeti(L, 1, k);
+    lua_rawseti(L, -2, k - i + 1);
+  }
+  lua_pushinteger(L, j - i + 1);
+  lua_setfield(L, -2, "n");
+  pk_dumps(L, -1);
+  return 1;
+}
+
+/* Pushes the value k of a packed chunk. */
+static void push_packed(lua_State *L, const char *tags, const char *vals, size_t k) {
+  switch (tags[k]) {
+    case PK_INT: { lua_Integer v; memcpy(&v, vals + 8 * k, 8); lua_pushinteger(L, v); break; }
+    case PK_FLT: { lua_Number v; memcpy(&v, vals + 8 * k, 8); lua_pushnumber(L, v); break; }
+    case PK_TRUE: lua_pushboolean(L, 1); break;
+    case PK_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushnil(L); break;
+  }
+}
+
+/* Checks a packed chunk's length; returns its count. */
+static size_t packed_count(lua_State *L, const char *s, size_t len) {
+  uint32_t n;
+  if (len < 5) luaL_error(L, "pool: damaged chunk");
+  memcpy(&n, s + 1, 4);
+  if (len != 5 + 9 * (size_t)n) luaL_error(L, "pool: damaged chunk");
+  return n;
+}
+
+/* _pool.unpack_into(t, start, s) -> count: stores the chunk's values
+** at t[start], t[start + 1], ... */
+static int pl_unpack_into(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer start = luaL_checkinteger(L, 2);
+  size_t len;
+  const char *s = luaL_checklstring(L, 3, &len);
+  if (len > 0 && s[0] == 'N') {
+    size_t n = packed_count(L, s, len);
+    const char *tags = s + 5, *vals = s + 5 + n;
+    for (size_t k = 0; k < n; k++) {
+      if (tags[k] == PK_NIL) continue;
+      push_packed(L, tags, vals, k);
+      lua_rawseti(L, 1, start + (lua_Integer)k);
+    }
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+  }
+  pk_loads(L, s, len);
+  if (!lua_istable(L, -1)) return luaL_error(L, "pool: damaged chunk");
+  lua_getfield(L, -1, "n");
+  lua_Integer n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  for (lua_Integer k = 1; k <= n; k++) {
+    if (lua_rawgeti(L, -1, k) == LUA_TNIL) { lua_pop(L, 1); continue; }
+    lua_rawseti(L, 1, start + k - 1);
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* _pool.unpack(s) -> array with .n */
+static int pl_unpack(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  if (len > 0 && s[0] == 'N') {
+    size_t n = packed_count(L, s, len);
+    const char *tags = s + 5, *vals = s + 5 + n;
+    lua_createtable(L, (int)n, 1);
+    for (size_t k = 0; k < n; k++) {
+      if (tags[k] == PK_NIL) continue;
+      push_packed(L, tags, vals, k);
+      lua_rawseti(L, -2, (lua_Integer)k + 1);
+    }
+    lua_pushinteger(L, (lua_Integer)n);
+    lua_setfield(L, -2, "n");
+    return 1;
+  }
+  pk_loads(L, s, len);
+  return 1;
+}
+
+/* _pool.newarray(n) -> a table sized for n values, with .n = n */
+static int pl_newarray(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_createtable(L, n > 0 && n < 0x7fffffff ? (int)n : 0, 1);
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+  return 1;
+}
+
 /* _pool.exit(code): a worker leaves without running the parent's code. */
 static int wk_exit(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
@@ -1126,6 +1290,10 @@ static const luaL_Reg pool_funcs[] = {
   {"recv", wk_recv},
   {"send", wk_send},
   {"exit", wk_exit},
+  {"pack", pl_pack},
+  {"unpack", pl_unpack},
+  {"unpack_into", pl_unpack_into},
+  {"newarray", pl_newarray},
   {NULL, NULL}
 };
 
