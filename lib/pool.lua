@@ -449,7 +449,8 @@ local function trim_traceback(tb)
       break
     end
   end
-  while cut > 2 and (lines[cut - 1]:find("mtlua/pool.lua:", 1, true) or lines[cut - 1]:find("(...tail calls...)", 1, true)) do
+  while cut > 2 and (lines[cut - 1]:find("mtlua/pool.lua:", 1, true) or lines[cut - 1]:find("(...tail calls...)", 1, true)
+      or lines[cut - 1]:find("in function '_pool.", 1, true)) do
     cut = cut - 1
   end
   return table.concat(lines, "\n", 1, cut - 1)
@@ -466,9 +467,11 @@ local function worker_handler(e)
 end
 
 -- -> result, is_packed (a map chunk's results go packed, not pickled)
+-- A map over numbers runs in C, from packed chunk to packed results.
 local function run_task(payload, extra, loads)
   local t = loads(payload)
   if t[1] == 1 then return call(t[2], t[3], t[4]), false end
+  if not t[4] and extra:byte(1) == 78 then return _pool.map_packed(t[2], extra), "raw" end
   local out = run_chunk(t[2], unpack_chunk(extra), t[4])
   return out, true
 end
@@ -496,7 +499,9 @@ local function worker_main(fd, pickle, initializer, initargs, maxtasks)
     local data
     if ok then
       local pok, pdata
-      if packed then pok, pdata = pcall(pack_chunk, res, 1, res.n) else pok, pdata = pcall(dumps, res) end
+      if packed == "raw" then pok, pdata = true, res
+      elseif packed then pok, pdata = pcall(pack_chunk, res, 1, res.n)
+      else pok, pdata = pcall(dumps, res) end
       if pok then
         data = pdata
       else

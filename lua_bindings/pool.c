@@ -1268,6 +1268,76 @@ static int pl_unpack(lua_State *L) {
   return 1;
 }
 
+/* Stores the value on top (popped) as slot k of a packed chunk;
+** returns 0, leaving it, when it is not a number, boolean or nil. */
+static int put_packed(lua_State *L, char *tags, char *vals, size_t k) {
+  char *v = vals + 8 * k;
+  switch (lua_type(L, -1)) {
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, -1)) {
+        lua_Integer iv = lua_tointeger(L, -1);
+        tags[k] = PK_INT;
+        memcpy(v, &iv, 8);
+      } else {
+        lua_Number d = lua_tonumber(L, -1);
+        tags[k] = PK_FLT;
+        memcpy(v, &d, 8);
+      }
+      break;
+    case LUA_TNIL: tags[k] = PK_NIL; memset(v, 0, 8); break;
+    case LUA_TBOOLEAN:
+      tags[k] = lua_toboolean(L, -1) ? PK_TRUE : PK_FALSE;
+      memset(v, 0, 8);
+      break;
+    default: return 0;
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* _pool.map_packed(func, chunk) -> results chunk: a worker's map over a
+** packed chunk, with no table of items or of results in between (the
+** results are packed as they come).  From the first result that cannot
+** be packed on, results go to a table, pickled at the end. */
+static int pl_map_packed(lua_State *L) {
+  luaL_checkany(L, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  if (len == 0 || s[0] != 'N') return luaL_argerror(L, 2, "not a packed chunk");
+  size_t n = packed_count(L, s, len);
+  const char *tags = s + 5, *vals = s + 5 + n;
+  char *out = lua_newuserdatauv(L, 5 + 9 * n, 0);   /* index 3 */
+  char *otags = out + 5, *ovals = out + 5 + n;
+  int spill = 0;   /* index of the results table, once one is needed */
+  for (size_t k = 0; k < n; k++) {
+    lua_pushvalue(L, 1);
+    push_packed(L, tags, vals, k);
+    lua_call(L, 1, 1);
+    if (!spill && put_packed(L, otags, ovals, k)) continue;
+    if (!spill) {   /* move what was packed so far to a table */
+      lua_createtable(L, (int)n, 1);
+      lua_insert(L, -2);
+      spill = lua_gettop(L) - 1;
+      for (size_t i = 0; i < k; i++) {
+        push_packed(L, otags, ovals, i);
+        lua_rawseti(L, spill, (lua_Integer)i + 1);
+      }
+    }
+    lua_rawseti(L, spill, (lua_Integer)k + 1);
+  }
+  if (spill) {
+    lua_pushinteger(L, (lua_Integer)n);
+    lua_setfield(L, spill, "n");
+    pk_dumps(L, spill);
+    return 1;
+  }
+  uint32_t n32 = (uint32_t)n;
+  out[0] = 'N';
+  memcpy(out + 1, &n32, 4);
+  lua_pushlstring(L, out, 5 + 9 * n);
+  return 1;
+}
+
 /* _pool.newarray(n) -> a table sized for n values, with .n = n */
 static int pl_newarray(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
@@ -1294,6 +1364,7 @@ static const luaL_Reg pool_funcs[] = {
   {"unpack", pl_unpack},
   {"unpack_into", pl_unpack_into},
   {"newarray", pl_newarray},
+  {"map_packed", pl_map_packed},
   {NULL, NULL}
 };
 

@@ -50,6 +50,34 @@ for _, kind in ipairs { "Pool", "ThreadPool" } do
   t.is(table.concat(ma:get(10), ","), "9,16", tag .. "map_async")
   t.ok(mcb ~= nil and mcb[2] == 16, tag .. "map_async callback got the list")
 
+  -- map chunks of every kind of value: packed numbers, booleans and nil,
+  -- a chunk whose results stop being packable midway, tables and strings
+  local mixed = p:map(function(x)
+    if x % 4 == 0 then return nil elseif x % 4 == 1 then return x + 0.5 elseif x % 4 == 2 then return x > 5 end
+    return math.mininteger + x
+  end, { 1, 2, 3, 4, 5, 6, 7, 8 }, 8)
+  t.ok(mixed.n == 8 and mixed[1] == 1.5 and math.type(mixed[1]) == "float" and mixed[2] == false
+    and mixed[3] == math.mininteger + 3 and mixed[4] == nil and mixed[6] == true and mixed[8] == nil,
+    tag .. "map: floats, integers, booleans and nil kept exactly")
+  local spill = p:map(function(x) if x > 3 then return "s" .. x end return x end, { 1, 2, 3, 4, 5, 6 }, 6)
+  t.is(table.concat(spill, ","), "1,2,3,s4,s5,s6", tag .. "map: results that stop being numbers midway")
+  local tabs = p:map(function(v) return { v.a * 2 } end, { { a = 1 }, { a = 2 }, { a = 3 } })
+  t.ok(tabs[1][1] == 2 and tabs[3][1] == 6, tag .. "map over tables returning tables")
+  local strs = p:map(string.upper, { "a", "b", "c" })
+  t.is(table.concat(strs), "ABC", tag .. "map of a C function over strings")
+  local holes = p:map(function(x) return x end, table.pack(1, nil, 3))
+  t.ok(holes.n == 3 and holes[1] == 1 and holes[2] == nil and holes[3] == 3, tag .. "map input with a nil hole (.n)")
+  local big = {}
+  for k = 1, 30000 do big[k] = k end
+  local bm = p:map(function(x) return x * 3 end, big)
+  local good = bm.n == 30000
+  for k = 1, 30000 do if bm[k] ~= 3 * k then good = false break end end
+  t.ok(good, tag .. "map over 30,000 integers")
+  local bs = p:map(function(x) return ("x"):rep(x % 50) end, big)
+  t.ok(bs.n == 30000 and bs[49] == ("x"):rep(49) and bs[30000] == "", tag .. "map of 30,000 strings")
+  local huge = p:apply(function(n) return ("y"):rep(n) .. "z" end, { 3000000 })
+  t.ok(#huge == 3000001 and huge:sub(-2) == "yz", tag .. "a 3 MB result (streams through the result ring)")
+
   -- imap in order, imap_unordered complete
   local seq = {}
   for pos, v in p:imap(function(x) sleep((5 - x) * 0.01) return x * 10 end, { 1, 2, 3, 4 }) do
@@ -72,7 +100,10 @@ for _, kind in ipairs { "Pool", "ThreadPool" } do
   local ok, err = pcall(bad.get, bad, 10)
   t.ok(not ok and isinstance(err, MyError), tag .. "get raises the task's error class")
   t.like(tostring(err), "broken 42", tag .. "with its message")
+  local mok, merr = pcall(p.map, p, function(x) if x == 5 then error("five") end return x end, { 1, 2, 3, 4, 5, 6 })
+  t.ok(not mok and tostring(merr):find("five", 1, true), tag .. "map over numbers: an error midway")
   if kind == "Pool" then
+    t.ok(not tostring(merr):find("_pool", 1, true), tag .. "whose traceback shows no pool internals")
     t.like(err.traceback or "", "Remote traceback:", tag .. "and the remote traceback")
   end
   t.ok(bad:ready() and not bad:successful(), tag .. "failed result: not successful")
