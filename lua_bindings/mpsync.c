@@ -51,6 +51,7 @@
 #define MS_NSLOTS 256                    /* Condition waiters at a time */
 #define MS_DATA 128                      /* Value/Array data offset */
 #define MS_BOXDATA 256                   /* box data offset */
+#define MS_SPINS 400                     /* pauses before a lock wait sleeps */
 
 enum {
   MS_LOCK, MS_RLOCK, MS_SEM, MS_BSEM, MS_EVENT, MS_COND, MS_VALUE, MS_ARRAY,
@@ -82,11 +83,10 @@ typedef struct ms_head {
 /* Lock, RLock, Semaphore, BoundedSemaphore, Event */
 typedef struct ms_sem {
   ms_head h;
-  int64_t value;               /* free units (locks: 1 free, 0 taken; Event: the flag) */
+  _Atomic int64_t value;       /* semaphores: free units; Event: the flag */
   int64_t maxvalue;            /* BoundedSemaphore: the initial value */
-  int32_t owner_pid;           /* locks: the holder (0: none) */
-  uint64_t owner_tid;
-  int64_t count;               /* RLock: recursion depth */
+  _Atomic uint64_t owner;      /* locks: pid << 32 | thread (0: free) */
+  int64_t count;               /* RLock: recursion depth (the owner's) */
 } ms_sem;
 
 typedef struct ms_slot {
@@ -208,30 +208,6 @@ static int ms_interrupted(lua_State *L) {
   return self != NULL && atomic_load(&self->interrupt);
 }
 
-/* Sleeps (mutex held on entry and on return) until h->seq moves, one
-** slice passes or the deadline does.  *quiet: the slice passed with no
-** change (time to look for dead owners). */
-static int ms_sleep(lua_State *L, ms_head *h, double deadline, int *quiet) {
-  uint32_t v = atomic_load(&h->seq);
-  double slice = MS_SLICE;
-  if (deadline >= 0) {
-    double left = deadline - mt_monotonic();
-    if (left <= 0) return MT_TIMEDOUT;
-    if (left < slice) slice = left;
-  }
-  atomic_fetch_add(&h->sleepers, 1);
-  ms_unlock(h);
-  mt_blocking_begin(L);
-  shm_futex_wait(&h->seq, v, slice);
-  mt_blocking_end(L);
-  atomic_fetch_sub(&h->sleepers, 1);
-  ms_lock(L, h);
-  *quiet = atomic_load(&h->seq) == v;
-  if (ms_interrupted(L)) return MT_INTERRUPTED;
-  if (deadline >= 0 && mt_monotonic() >= deadline) return MT_TIMEDOUT;
-  return MT_WOKEN;
-}
-
 /* --------------------------------------------------------- arguments */
 
 /* An options table or a Python-call form table: no metatable (an
@@ -267,68 +243,119 @@ static double ms_wait_deadline(lua_State *L, int idx, const char *fname) {
 
 /* -------------------------------------------------------- semaphores */
 
-static uint64_t ms_tid(lua_State *L) {
-  return (uint64_t)(uintptr_t)mt_owner(L);
+/* The process id, cached (getpid is a system call); reset in a child. */
+static pid_t ms_mypid;
+
+static void ms_atfork_child(void) {
+  ms_mypid = getpid();
 }
 
-static int sem_is_mine(ms_sem *s, pid_t pid, uint64_t tid) {
-  return s->value == 0 && s->owner_pid == pid && s->owner_tid == tid;
+/* Who owns a lock: the process id in the high half, the thread (or
+** greenlet) of mt_owner in the low half (distinct within a process). */
+static uint64_t ms_me(lua_State *L) {
+  uintptr_t o = (uintptr_t)mt_owner(L);
+  return ((uint64_t)(uint32_t)ms_mypid << 32) | (uint32_t)(o >> 4);
 }
 
-/* One attempt to take a unit (mutex held). */
-static int sem_try(ms_sem *s, int kind, pid_t pid, uint64_t tid) {
-  if (kind == MS_RLOCK && s->count > 0 && s->owner_pid == pid && s->owner_tid == tid) {
-    s->count++;
+static int sem_is_mine(ms_sem *s, uint64_t me) {
+  return atomic_load(&s->owner) == me;
+}
+
+/* One attempt to take a unit, without blocking.  Lock-free: a CAS on
+** the owner word (locks) or on the count (semaphores). */
+static int sem_try(ms_sem *s, int kind, uint64_t me) {
+  if (kind == MS_LOCK || kind == MS_RLOCK) {
+    uint64_t free = 0;
+    if (kind == MS_RLOCK && atomic_load(&s->owner) == me) { s->count++; return 1; }
+    if (!atomic_compare_exchange_strong(&s->owner, &free, me)) return 0;
+    s->count = 1;
     return 1;
   }
-  if (s->value <= 0) return 0;
-  s->value--;
-  if (kind == MS_LOCK || kind == MS_RLOCK) {
-    s->owner_pid = pid;
-    s->owner_tid = tid;
-    s->count = 1;
-  }
+  int64_t v = atomic_load(&s->value);
+  while (v > 0)
+    if (atomic_compare_exchange_weak(&s->value, &v, v - 1)) return 1;
+  return 0;
+}
+
+/* Wakes n sleepers if there are any (after the state changed). */
+static void sem_wake(ms_sem *s, int n) {
+  ms_wake(&s->h, n);
+}
+
+/* A lock whose holder process died is released for it; 1 if so.  The
+** CAS fails if anyone changed the owner meanwhile. */
+static int sem_repair(ms_sem *s, int kind) {
+  if (kind != MS_LOCK && kind != MS_RLOCK) return 0;
+  uint64_t w = atomic_load(&s->owner);
+  pid_t pid = (pid_t)(w >> 32);
+  if (w == 0 || pid == ms_mypid || shm_pid_alive(pid)) return 0;
+  if (!atomic_compare_exchange_strong(&s->owner, &w, 0)) return 0;
+  sem_wake(s, 1);
   return 1;
 }
 
-/* A lock whose holder died is released for it (mutex held); 1 if so. */
-static int sem_repair(ms_sem *s, int kind) {
-  if (kind != MS_LOCK && kind != MS_RLOCK) return 0;
-  if (s->value > 0 || s->owner_pid == 0 || s->owner_pid == getpid()) return 0;
-  if (shm_pid_alive(s->owner_pid)) return 0;
-  s->value = 1;
-  s->owner_pid = 0;
-  s->owner_tid = 0;
-  s->count = 0;
-  ms_wake(&s->h, 1);
-  return 1;
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* Locks are held for short stretches: a holder running on another CPU
+** lets go within microseconds, far less than a futex sleep and wake-up
+** cost.  Spins a little (without the GIL) before sleeping. */
+static int sem_spin(ms_sem *s, int kind, uint64_t me) {
+  for (int i = 0; i < MS_SPINS; i++) {
+    cpu_relax();
+    if (kind == MS_LOCK || kind == MS_RLOCK ? atomic_load_explicit(&s->owner, memory_order_relaxed) == 0
+                                            : atomic_load_explicit(&s->value, memory_order_relaxed) > 0)
+      if (sem_try(s, kind, me)) return 1;
+  }
+  return 0;
 }
 
 /* Takes a unit before the deadline (-2: only if free now).  Returns 1
 ** taken, 0 not, -1 interrupted (nothing taken).  'stubborn': Ctrl-C
-** does not end the wait (it stays pending for the caller). */
+** does not end the wait (it stays pending for the caller).  A sleeper
+** announces itself (sleepers), reads the sequence, then tries once
+** more: a release either is seen by that try or bumps the sequence
+** before the futex wait, which then returns at once. */
 static int sem_take(lua_State *L, ms_handle *hd, double deadline, int stubborn) {
   ms_sem *s = (ms_sem *)hd->h;
-  pid_t me = getpid();
-  uint64_t tid = ms_tid(L);
-  int r, quiet;
-  ms_lock(L, &s->h);
+  uint64_t me = ms_me(L);
+  int kind = hd->kind;
+  if (sem_try(s, kind, me)) return 1;
+  if (deadline == -2) return sem_repair(s, kind) && sem_try(s, kind, me);
+  if (sem_spin(s, kind, me)) return 1;
   for (;;) {
-    if (sem_try(s, hd->kind, me, tid)) { r = 1; break; }
-    if (deadline == -2) {
-      if (sem_repair(s, hd->kind)) continue;
-      r = 0;
-      break;
+    double slice = MS_SLICE;
+    if (deadline >= 0) {
+      double left = deadline - mt_monotonic();
+      if (left <= 0) break;
+      if (left < slice) slice = left;
     }
-    int w = ms_sleep(L, &s->h, deadline, &quiet);
-    if (sem_try(s, hd->kind, me, tid)) { r = 1; break; }
-    if (quiet && sem_repair(s, hd->kind)) continue;
-    if (w == MT_TIMEDOUT) { r = 0; break; }
-    if (w == MT_INTERRUPTED && !stubborn) { r = -1; break; }
+    atomic_fetch_add(&s->h.sleepers, 1);
+    uint32_t v = atomic_load(&s->h.seq);
+    int got = sem_try(s, kind, me);
+    if (!got) {
+      mt_blocking_begin(L);
+      shm_futex_wait(&s->h.seq, v, slice);
+      mt_blocking_end(L);
+      got = sem_try(s, kind, me);
+    }
+    atomic_fetch_sub(&s->h.sleepers, 1);
+    if (got) return 1;
+    if (atomic_load(&s->h.seq) == v && sem_repair(s, kind)) continue;   /* a quiet slice */
+    if (ms_interrupted(L) && !stubborn) {
+      if (kind == MS_LOCK ? atomic_load(&s->owner) == 0 : atomic_load(&s->value) > 0)
+        sem_wake(s, 1);   /* pass on a wake-up we may have taken */
+      return -1;
+    }
   }
-  if (r != 1 && s->value > 0) ms_wake(&s->h, 1);   /* pass a wake-up on */
-  ms_unlock(&s->h);
-  return r;
+  if (kind != MS_LOCK && kind != MS_RLOCK && atomic_load(&s->value) > 0) sem_wake(s, 1);
+  else if ((kind == MS_LOCK || kind == MS_RLOCK) && atomic_load(&s->owner) == 0) sem_wake(s, 1);
+  return sem_try(s, kind, me);
 }
 
 static int sem_acquire(lua_State *L) {
@@ -347,35 +374,33 @@ static int sem_enter(lua_State *L) {
   return 1;
 }
 
-/* Releases n units; an error message (mutex released) or NULL. */
+/* Releases n units; an error message or NULL. */
 static const char *sem_give(lua_State *L, ms_handle *hd, int64_t n) {
   ms_sem *s = (ms_sem *)hd->h;
-  const char *err = NULL;
-  ms_lock(L, &s->h);
   switch (hd->kind) {
-    case MS_LOCK:
-      if (s->value > 0) err = "release unlocked lock";
-      break;
+    case MS_LOCK:   /* anyone may release a Lock, as threading's */
+      if (atomic_exchange(&s->owner, 0) == 0) return "release unlocked lock";
+      sem_wake(s, 1);
+      return NULL;
     case MS_RLOCK:
-      if (s->count <= 0 || s->owner_pid != getpid() || s->owner_tid != ms_tid(L))
-        err = "cannot release un-acquired lock";
-      else if (--s->count > 0) { ms_unlock(&s->h); return NULL; }
+      if (atomic_load(&s->owner) != ms_me(L)) return "cannot release un-acquired lock";
+      if (--s->count > 0) return NULL;
+      atomic_store(&s->owner, 0);
+      sem_wake(s, 1);
+      return NULL;
+    case MS_BSEM: {
+      int64_t v = atomic_load(&s->value);
+      do {
+        if (v + n > s->maxvalue) return "Semaphore released too many times";
+      } while (!atomic_compare_exchange_weak(&s->value, &v, v + n));
       break;
-    case MS_BSEM:
-      if (s->value + n > s->maxvalue) err = "Semaphore released too many times";
-      break;
-  }
-  if (err == NULL) {
-    s->value += n;
-    if (hd->kind == MS_LOCK || hd->kind == MS_RLOCK) {
-      s->owner_pid = 0;
-      s->owner_tid = 0;
-      s->count = 0;
     }
-    ms_wake(&s->h, n > INT_MAX ? INT_MAX : (int)n);
+    default:
+      atomic_fetch_add(&s->value, n);
+      break;
   }
-  ms_unlock(&s->h);
-  return err;
+  sem_wake(s, n > INT_MAX ? INT_MAX : (int)n);
+  return NULL;
 }
 
 static int sem_release(lua_State *L) {
@@ -402,21 +427,23 @@ static int sem_exit(lua_State *L) {
 }
 
 static int sem_locked(lua_State *L) {
-  ms_sem *s = (ms_sem *)ms_check(L, 1, MS_SEMLOCKS, "Lock")->h;
-  lua_pushboolean(L, __atomic_load_n(&s->value, __ATOMIC_ACQUIRE) <= 0);
+  ms_handle *hd = ms_check(L, 1, MS_SEMLOCKS, "Lock");
+  ms_sem *s = (ms_sem *)hd->h;
+  if (hd->kind == MS_LOCK || hd->kind == MS_RLOCK) lua_pushboolean(L, atomic_load(&s->owner) != 0);
+  else lua_pushboolean(L, atomic_load(&s->value) <= 0);
   return 1;
 }
 
 static int sem_get_value(lua_State *L) {
   ms_sem *s = (ms_sem *)ms_check(L, 1, K(MS_SEM) | K(MS_BSEM), "Semaphore")->h;
-  lua_pushinteger(L, (lua_Integer)__atomic_load_n(&s->value, __ATOMIC_ACQUIRE));
+  lua_pushinteger(L, (lua_Integer)atomic_load(&s->value));
   return 1;
 }
 
 /* _is_owned(): held by the calling thread of this process */
 static int sem_is_owned(lua_State *L) {
   ms_sem *s = (ms_sem *)ms_check(L, 1, MS_LOCKS, "Lock")->h;
-  lua_pushboolean(L, sem_is_mine(s, getpid(), ms_tid(L)));
+  lua_pushboolean(L, sem_is_mine(s, ms_me(L)));
   return 1;
 }
 
@@ -426,23 +453,24 @@ static int sem_tostring(lua_State *L) {
   lua_getfield(L, 1, "__name__");
   const char *name = lua_isstring(L, -1) ? lua_tostring(L, -1) : "Lock";
   if (hd->kind == MS_SEM || hd->kind == MS_BSEM) {
-    lua_pushfstring(L, "<%s(value=%d", name, (int)s->value);
+    lua_pushfstring(L, "<%s(value=%d", name, (int)atomic_load(&s->value));
     if (hd->kind == MS_BSEM) lua_pushfstring(L, ", maxvalue=%d)>", (int)s->maxvalue);
     else lua_pushliteral(L, ")>");
     lua_concat(L, 2);
     return 1;
   }
-  if (s->value > 0) lua_pushfstring(L, "<%s(owner=None)>", name);
-  else if (s->owner_pid == getpid() && s->owner_tid == ms_tid(L))
-    lua_pushfstring(L, "<%s(owner=MainProcess|%d, count=%d)>", name, (int)s->owner_pid, (int)s->count);
-  else lua_pushfstring(L, "<%s(owner=SomeOtherProcess|%d)>", name, (int)s->owner_pid);
+  uint64_t w = atomic_load(&s->owner);
+  if (w == 0) lua_pushfstring(L, "<%s(owner=None)>", name);
+  else if (w == ms_me(L))
+    lua_pushfstring(L, "<%s(owner=MainProcess|%d, count=%d)>", name, (int)ms_mypid, (int)s->count);
+  else lua_pushfstring(L, "<%s(owner=SomeOtherProcess|%d)>", name, (int)(w >> 32));
   return 1;
 }
 
 static void sem_new(lua_State *L, int kind, int64_t value, const char *fname) {
   ms_handle *hd = ms_create(L, 1, kind, sizeof(ms_sem), fname);
   ms_sem *s = (ms_sem *)hd->h;
-  s->value = value;
+  atomic_store(&s->value, value);
   s->maxvalue = value;
 }
 
@@ -492,44 +520,49 @@ static ms_sem *event_check(lua_State *L) {
 }
 
 static int event_is_set(lua_State *L) {
-  lua_pushboolean(L, __atomic_load_n(&event_check(L)->value, __ATOMIC_ACQUIRE) != 0);
+  lua_pushboolean(L, atomic_load(&event_check(L)->value) != 0);
   return 1;
 }
 
 static int event_set(lua_State *L) {
   ms_sem *s = event_check(L);
-  ms_lock(L, &s->h);
-  s->value = 1;
-  ms_wake(&s->h, INT_MAX);
-  ms_unlock(&s->h);
+  atomic_store(&s->value, 1);
+  sem_wake(s, INT_MAX);
   return 0;
 }
 
 static int event_clear(lua_State *L) {
-  ms_sem *s = event_check(L);
-  ms_lock(L, &s->h);
-  s->value = 0;
-  ms_unlock(&s->h);
+  atomic_store(&event_check(L)->value, 0);
   return 0;
 }
 
 static int event_wait(lua_State *L) {
   ms_sem *s = event_check(L);
   double deadline = ms_wait_deadline(L, 2, "wait");
-  int w = MT_WOKEN, quiet;
-  if (__atomic_load_n(&s->value, __ATOMIC_ACQUIRE)) { lua_pushboolean(L, 1); return 1; }
-  ms_lock(L, &s->h);
-  while (!s->value && w == MT_WOKEN) w = ms_sleep(L, &s->h, deadline, &quiet);
-  int set = s->value != 0;
-  ms_unlock(&s->h);
-  if (w == MT_INTERRUPTED && !set) mt_check_interrupt(L);
-  lua_pushboolean(L, set);
+  while (!atomic_load(&s->value)) {
+    double slice = MS_SLICE;
+    if (deadline >= 0) {
+      double left = deadline - mt_monotonic();
+      if (left <= 0) break;
+      if (left < slice) slice = left;
+    }
+    atomic_fetch_add(&s->h.sleepers, 1);
+    uint32_t v = atomic_load(&s->h.seq);
+    if (!atomic_load(&s->value)) {
+      mt_blocking_begin(L);
+      shm_futex_wait(&s->h.seq, v, slice);
+      mt_blocking_end(L);
+    }
+    atomic_fetch_sub(&s->h.sleepers, 1);
+    if (ms_interrupted(L) && !atomic_load(&s->value)) mt_check_interrupt(L);
+  }
+  lua_pushboolean(L, atomic_load(&s->value) != 0);
   return 1;
 }
 
 static int event_tostring(lua_State *L) {
   lua_pushfstring(L, "<Event at %p %s>", lua_topointer(L, 1),
-                  event_check(L)->value ? "set" : "unset");
+                  atomic_load(&event_check(L)->value) ? "set" : "unset");
   return 1;
 }
 
@@ -585,14 +618,9 @@ static int cond_slot(ms_cond *c) {
 /* Releases the lock completely (as _release_save); returns the count. */
 static int64_t cond_release_all(lua_State *L, ms_handle *lk) {
   ms_sem *s = (ms_sem *)lk->h;
-  ms_lock(L, &s->h);
   int64_t count = s->count;
-  s->count = 0;
-  s->value = 1;
-  s->owner_pid = 0;
-  s->owner_tid = 0;
-  ms_wake(&s->h, 1);
-  ms_unlock(&s->h);
+  atomic_store(&s->owner, 0);
+  sem_wake(s, 1);
   return count;
 }
 
@@ -622,10 +650,9 @@ static int cond_wait(lua_State *L) {
   ms_cond *c = cond_check(L);
   ms_handle *lk = cond_lock(L);
   double deadline = ms_wait_deadline(L, 2, "wait");
-  pid_t me = getpid();
-  uint64_t tid = ms_tid(L);
+  pid_t me = ms_mypid;
   ms_sem *s = (ms_sem *)lk->h;
-  if (!sem_is_mine(s, me, tid)) return mt_raise(L, "RuntimeError", "cannot wait on un-acquired lock");
+  if (!sem_is_mine(s, ms_me(L))) return mt_raise(L, "RuntimeError", "cannot wait on un-acquired lock");
   ms_lock(L, &c->h);
   int i = cond_slot(c);
   if (i < 0) {
@@ -639,11 +666,7 @@ static int cond_wait(lua_State *L) {
   int64_t count = cond_release_all(L, lk);
   int notified = cond_wait_slot(L, c, i, deadline);
   sem_take(L, lk, -1, 1);   /* back, whatever happens: as _acquire_restore */
-  if (lk->kind == MS_RLOCK) {
-    ms_lock(L, &s->h);
-    s->count = count;
-    ms_unlock(&s->h);
-  }
+  s->count = count;   /* ours again: only the owner touches it */
   if (!notified) mt_check_interrupt(L);
   lua_pushboolean(L, notified);
   return 1;
@@ -651,7 +674,7 @@ static int cond_wait(lua_State *L) {
 
 /* Marks up to n of the oldest waiters notified and wakes them. */
 static void cond_notify_n(lua_State *L, ms_cond *c, int64_t n) {
-  pid_t me = getpid();
+  pid_t me = ms_mypid;
   ms_lock(L, &c->h);
   while (n > 0) {
     int best = -1;
@@ -673,7 +696,7 @@ static void cond_notify_n(lua_State *L, ms_cond *c, int64_t n) {
 
 static void cond_check_owned(lua_State *L, const char *what) {
   ms_sem *s = (ms_sem *)cond_lock(L)->h;
-  if (!sem_is_mine(s, getpid(), ms_tid(L)))
+  if (!sem_is_mine(s, ms_me(L)))
     mt_raise(L, "RuntimeError", "cannot %s on un-acquired lock", what);
 }
 
@@ -906,13 +929,14 @@ typedef struct values_access {
 } values_access;
 
 static void access_begin(lua_State *L, values_access *a) {
-  lua_getfield(L, 1, "_lock");
+  lua_pushliteral(L, "_lock");   /* raw: an absent lock is no __getattr__ call */
+  lua_rawget(L, 1);
   a->lock = (ms_handle *)mt_toobject(L, -1, &MS_KEY);
   lua_pop(L, 1);
   if (a->lock != NULL && !(K(a->lock->kind) & MS_LOCKS)) a->lock = NULL;
   /* held by the caller already (with(v:get_lock()) around it): a plain
   ** Lock would deadlock here in Python; we go on */
-  if (a->lock != NULL && sem_is_mine((ms_sem *)a->lock->h, getpid(), ms_tid(L))) a->lock = NULL;
+  if (a->lock != NULL && sem_is_mine((ms_sem *)a->lock->h, ms_me(L))) a->lock = NULL;
   if (a->lock != NULL && sem_take(L, a->lock, -1, 0) < 0) mt_check_interrupt(L);
 }
 
@@ -966,6 +990,22 @@ static int values_getattr(lua_State *L) {
     return 1;
   }
   return 0;
+}
+
+/* The __index of the Value and Array classes themselves (subclasses go
+** through the prelude's __getattr__ path): the hot fields first, then
+** the class's methods. */
+static int values_index(lua_State *L) {
+  int t = lua_type(L, 2);
+  if (t == LUA_TNUMBER) return values_getattr(L);
+  if (t == LUA_TSTRING) {
+    const char *k = lua_tostring(L, 2);
+    if (strcmp(k, "value") == 0 || strcmp(k, "raw") == 0) return values_getattr(L);
+  }
+  lua_getmetatable(L, 1);
+  lua_pushvalue(L, 2);
+  lua_gettable(L, -2);
+  return 1;
 }
 
 /* 'c' arrays: .value = s / .raw = s */
@@ -1028,7 +1068,8 @@ static int values_len(lua_State *L) {
 
 static int values_get_lock(lua_State *L) {
   ms_check(L, 1, MS_VALUES, "Value");
-  if (lua_getfield(L, 1, "_lock") == LUA_TNIL)
+  lua_pushliteral(L, "_lock");
+  if (lua_rawget(L, 1) == LUA_TNIL)
     return mt_raise(L, "AttributeError", "this shared value was made with lock=false: it has no get_lock()");
   return 1;
 }
@@ -1058,7 +1099,8 @@ static int values_tostring(lua_State *L) {
   const ms_type *t;
   ms_handle *hd = ms_check(L, 1, MS_VALUES, "Value");
   ms_values *v = values_check(L, &t);
-  int locked = lua_getfield(L, 1, "_lock") != LUA_TNIL;
+  lua_pushliteral(L, "_lock");
+  int locked = lua_rawget(L, 1) != LUA_TNIL;
   lua_pop(L, 1);
   luaL_Buffer b;
   luaL_buffinit(L, &b);
@@ -1365,6 +1407,12 @@ static void ms_class(lua_State *L, int m, const char *name, int base, const luaL
 }
 
 int luaopen_mt_mpsync(lua_State *L) {
+  static int atfork_done;
+  if (!atfork_done) {   /* once per process image: forked children inherit it */
+    atfork_done = 1;
+    pthread_atfork(NULL, NULL, ms_atfork_child);
+  }
+  ms_mypid = getpid();
   if (luaL_newmetatable(L, MS_MT)) {
     lua_pushcfunction(L, ms_gc);
     lua_setfield(L, -2, "__gc");
@@ -1398,6 +1446,13 @@ int luaopen_mt_mpsync(lua_State *L) {
   lua_pushcfunction(L, array_init);
   lua_setfield(L, -2, "__init__");
   lua_pop(L, 1);
+  for (int i = 0; i < 2; i++) {   /* the fast __index of both */
+    lua_getfield(L, m, i == 0 ? "Value" : "Array");
+    lua_pushliteral(L, "__index");
+    lua_pushcfunction(L, values_index);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
   ms_class(L, m, "_SharedBox", 0, box_methods, MS_BOX);
   return 1;
 }
