@@ -9,10 +9,10 @@ local socket = require "socket"
 local time = require "time"
 local now = time.monotonic
 
--- the hub's own fds (epoll, eventfd) come with it: count after it exists
-gevent.sleep(0)
+-- open sockets of this process (not every fd: the pipe of popen itself
+-- may or may not be listed yet, and the hub has its own fds)
 local function count_fds()
-  local p = io.popen("ls /proc/" .. os.getpid() .. "/fd | wc -l")
+  local p = io.popen("ls -l /proc/" .. os.getpid() .. "/fd | grep -c socket:")
   local n = tonumber(p:read("a"))
   p:close()
   return n
