@@ -146,12 +146,26 @@ local function repr(v)
 end
 
 local report_error
+local msghandler = require("_threading").msghandler
+local THIS_FILES, local_name_of = threading._THIS_FILES, H.local_name_of
+local ginit, GKEY = gmod._init, gmod._KEY
+local EMPTY_ARGS = { n = 0 }   -- shared by every Greenlet spawned without arguments
+
+local function is_ready(g)
+  return rawget(g, "_done") == true or rawget(g, "_killed_early") == true
+end
+
+local function check_run(run)
+  if type(run) ~= "function" and not (getmetatable(run) and getmetatable(run).__call) then
+    raise(TypeError("Greenlet() argument 'run' must be callable, not " .. type(run)))
+  end
+end
 
 -- the run of every Greenlet: the hub starts it with the Greenlet itself
 local function bootstrap(self)
   if self._killed_early then return end
   local args = self.args
-  local ok, v = xpcall(self._run, require("_threading").msghandler, unpack(args, 1, args.n))
+  local ok, v = xpcall(self._run, msghandler, unpack(args, 1, args.n))
   if ok then
     self.value = v
     self._ok = true
@@ -187,13 +201,28 @@ function Greenlet:__init__(run, ...)
     if method == nil then raise(TypeError("Greenlet() needs a function to run")) end
     local me = self
     run = function(...) return method(me, ...) end
-  elseif type(run) ~= "function" and not (getmetatable(run) and getmetatable(run).__call) then
-    raise(TypeError("Greenlet() argument 'run' must be callable, not " .. type(run)))
+  else
+    check_run(run)
   end
   greenlet.__init__(self, bootstrap, H.get_hub())
   self._run = run
-  self.args = pack(...)
-  self._hint = threading._local_name_of(run) or false
+  self.args = select("#", ...) == 0 and EMPTY_ARGS or pack(...)
+  self._hint = local_name_of(run, THIS_FILES) or false
+end
+
+-- spawn's Greenlet, made in one step: the instance table is sized at
+-- once for the fields it gets over its life (the nil ones too), and the
+-- class and __init__ chains are skipped.
+local function new_greenlet(run, ...)
+  check_run(run)
+  local self = setmetatable({
+    [GKEY] = false, _run = run, _scheduled = true,
+    args = select("#", ...) == 0 and EMPTY_ARGS or pack(...),
+    _hint = local_name_of(run, THIS_FILES) or false,
+    _done = nil, _ok = nil, value = nil, _links = nil,
+  }, Greenlet)
+  ginit(self, bootstrap, H.get_hub())
+  return self
 end
 
 function Greenlet:__getattr__(key)
@@ -265,19 +294,21 @@ function Greenlet:unlink(callback)
 end
 
 function Greenlet:join(timeout)
+  if is_ready(self) then return true end
   timeout = opt_timeout(timeout, "join")
-  if self:ready() then return true end
   local cur = getcurrent()
   if cur == self then raise(RuntimeError("cannot join the current greenlet (it would wait for itself)")) end
-  self:link(cur)
+  local links = rawget(self, "_links")
+  if not links then links = {}; self._links = links end
+  links[#links + 1] = cur
   local deadline = timeout and monotonic() + timeout
-  while not self:ready() do
+  while not is_ready(self) do
     local ok, v = pcall(wait_for_wake, deadline and deadline - monotonic())
     if not ok then self:unlink(cur) error(v, 0) end
     if v == TIMED_OUT then break end
   end
-  self:unlink(cur)
-  return self:ready()
+  if not is_ready(self) then self:unlink(cur) end   -- else bootstrap took the links
+  return is_ready(self)
 end
 
 function Greenlet:get(block, timeout)
@@ -319,7 +350,11 @@ end
 
 ------------------------------------------------------------ module level
 
-function M.spawn(f, ...) return Greenlet.spawn(f, ...) end
+function M.spawn(f, ...)
+  local g = new_greenlet(f, ...)
+  schedule(g, g)
+  return g
+end
 
 function M.spawn_later(seconds, f, ...)
   local g = Greenlet(f, ...)
@@ -345,7 +380,7 @@ function M.joinall(list, timeout, raise_error)
   local done = {}
   for i = 1, #list do
     local g = list[i]
-    g:join(deadline and math.max(deadline - monotonic(), 0))
+    if not is_ready(g) then g:join(deadline and math.max(deadline - monotonic(), 0)) end
     if g:ready() then
       done[#done + 1] = g
       if raise_error and not g:successful() then error(g.exception, 0) end

@@ -43,5 +43,7 @@ C._setclass(greenlet)   -- a fast __index for greenlet itself
 M.getcurrent = C.getcurrent
 M._started = C.started
 M._getmain = C.getmain
+M._init = C.init   -- for gevent's spawn fast path
+M._KEY = C.KEY
 
 return M

@@ -273,6 +273,8 @@ gl_ts *gl_ts_get(lua_State *L) {
   ts->Ltr_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushnil(ts->Ltr);                   /* slot 1: the running coroutine */
   ts->main_ref = ts->hub_ref = LUA_NOREF;
+  lua_newtable(L);
+  ts->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   ts->link = tls_ts;
   tls_ts = ts;
   ts->main = new_gr(L, ts, GL_MAIN, NULL, 0, 0);
@@ -311,6 +313,47 @@ static void push_ud(lua_State *L, int idx) {
   lua_rawgetp(L, idx, &GR_KEY);
 }
 
+/* Finished coroutines are reused: a coroutine that returned (or was
+** reset after an error) starts afresh when given a new function, and
+** making one (a lua_State, its stack, then collecting it) is most of
+** what a short-lived greenlet costs. */
+#define POOL_MAX 256
+
+/* Pushes a fresh or recycled coroutine of ts. */
+static lua_State *pool_take(lua_State *L, gl_ts *ts) {
+  if (ts->npool == 0) return lua_newthread(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ts->pool_ref);
+  lua_rawgeti(L, -1, ts->npool);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, ts->npool--);
+  lua_remove(L, -2);
+  return lua_tothread(L, -1);
+}
+
+/* A finished coroutine (anchored by the caller) goes to the pool. */
+static void pool_give(gl_ts *ts, lua_State *co) {
+  lua_State *T = ts->Ltr;
+  if (ts->npool >= POOL_MAX || lua_status(co) != LUA_OK || !lua_checkstack(T, 3)) return;
+  lua_settop(co, 0);
+  lua_rawgeti(T, LUA_REGISTRYINDEX, ts->pool_ref);
+  lua_pushthread(co);
+  lua_xmove(co, T, 1);
+  lua_rawseti(T, -2, ++ts->npool);
+  lua_pop(T, 1);
+}
+
+/* A greenlet whose run returned lets its coroutine go: the coroutine
+** may serve another greenlet.  Its userdata is co[1] (the stack is
+** back at its base only after a return: not after an error). */
+static int detach_co(gl_gr *x) {
+  lua_State *co = x->co;
+  if (lua_gettop(co) < 1 || lua_touserdata(co, 1) != x) return 0;
+  lua_pushnil(co);
+  lua_setiuservalue(co, 1, 3);
+  x->co = NULL;
+  return 1;
+}
+
 /* Makes a new greenlet whose instance is at selfidx (0: a new one,
 ** pushed).  For a plain one the run function is on L's top (popped). */
 static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int parentidx, int selfidx) {
@@ -339,7 +382,7 @@ static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int paren
     lua_setiuservalue(L, -2, 2);
   }
   if (kind == GL_PLAIN) {
-    g->co = lua_newthread(L);
+    g->co = pool_take(L, ts);
     lua_pushvalue(L, -2);                           /* co[1]: the userdata */
     lua_xmove(L, g->co, 1);
     lua_pushvalue(L, runidx);                       /* co[2]: run */
@@ -428,6 +471,7 @@ static void finished(gl_ts *ts, gl_gr *x, int status, int nres) {
     lua_xmove(co, T, nres);
     lua_settop(co, 1);
     gl_deliver(T, to, nres, 0);
+    if (detach_co(x)) pool_give(ts, co);   /* co: anchored by Ltr[1] */
   } else {
     int exit;
     lua_pushvalue(co, -1);
@@ -846,6 +890,8 @@ int luaopen_mt_greenlet(lua_State *L) {
   mt_universe_of(L)->raise_pending = raise_pending_hook;
   hub_install(mt_universe_of(L));
   luaL_newlib(L, gl_funcs);
+  lua_pushlightuserdata(L, (void *)&GR_KEY);   /* to pre-size instances */
+  lua_setfield(L, -2, "KEY");
   return 1;
 }
 

@@ -53,6 +53,7 @@ struct gl_ts {
   gl_gr *main, *current, *next, *hubgr;
   int main_ref, hub_ref;   /* registry refs of their userdata */
   int nnext;               /* values waiting for 'next' */
+  int pool_ref, npool;     /* finished coroutines, reused by new greenlets */
   gl_stack *spare;         /* parked trampolines, ready for reuse */
   gl_stack *os;            /* the OS thread's own stack (main's) */
   gl_stack *stack, *from;  /* the running C stack; the one left last */

@@ -610,7 +610,40 @@ static int h_is_patched(lua_State *L) {
   return 1;
 }
 
+/* local_name_of(target, skip): the name the code that spawns knows
+** 'target' by, one of its locals or upvalues (threading's rule for
+** Thread names, done in C because every spawn pays it): the first Lua
+** frame up the stack whose source is not in the set 'skip'. */
+static int h_local_name_of(lua_State *L) {
+  lua_Debug ar;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    const char *name;
+    lua_getinfo(L, "Sf", &ar);           /* pushes the function */
+    int skip = ar.what[0] == 'C';
+    if (!skip) {
+      lua_pushstring(L, ar.source);
+      skip = lua_rawget(L, 2) != LUA_TNIL;
+      lua_pop(L, 1);
+    }
+    if (skip) { lua_pop(L, 1); continue; }
+    for (int i = 1; (name = lua_getlocal(L, &ar, i)) != NULL; i++) {
+      int hit = name[0] != '(' && lua_rawequal(L, -1, 1);
+      lua_pop(L, 1);
+      if (hit) { lua_pushstring(L, name); return 1; }
+    }
+    for (int i = 1; (name = lua_getupvalue(L, -1, i)) != NULL; i++) {
+      int hit = lua_rawequal(L, -1, 1);
+      lua_pop(L, 1);
+      if (hit) { lua_pushstring(L, name); return 1; }
+    }
+    return 0;
+  }
+  return 0;
+}
+
 static const luaL_Reg hub_funcs[] = {
+  {"local_name_of", h_local_name_of},
   {"switch", h_switch},
   {"schedule", h_schedule},
   {"schedule_throw", h_schedule_throw},
