@@ -57,18 +57,18 @@ static q_queue *q_check(lua_State *L, int *items) {
 
 /* --------------------------------------------------------- containers */
 
+/* Doubles a full ring in place: the items that wrapped around (slots
+** 1..head) move just above the old capacity, so they follow the others.
+** In place, because a thread parked in put or get holds the table on
+** its stack and must find the items there when it wakes. */
 static void fifo_grow(lua_State *L, q_queue *q, int items) {
-  lua_Integer ncap = q->cap * 2;
-  lua_createtable(L, (int)ncap, 0);
-  for (lua_Integer i = 0; i < q->count; i++) {
-    lua_rawgeti(L, items, (q->head + i) % q->cap + 1);
-    lua_rawseti(L, -2, i + 1);
+  for (lua_Integer i = 1; i <= q->head; i++) {
+    lua_rawgeti(L, items, i);
+    lua_rawseti(L, items, q->cap + i);
+    lua_pushnil(L);
+    lua_rawseti(L, items, i);
   }
-  lua_pushvalue(L, -1);
-  lua_replace(L, items);
-  lua_setiuservalue(L, items - 1, 1);   /* the userdata sits below items */
-  q->head = 0;
-  q->cap = ncap;
+  q->cap *= 2;
 }
 
 /* Puts the value on top of the stack (popping it) into a FIFO or LIFO. */
@@ -76,11 +76,7 @@ static void plain_put(lua_State *L, q_queue *q, int items) {
   if (q->kind == Q_LIFO) {
     lua_rawseti(L, items, q->count + 1);
   } else {
-    if (q->count == q->cap) {
-      int top = lua_gettop(L);   /* the item stays above the new table */
-      fifo_grow(L, q, items);
-      lua_settop(L, top);
-    }
+    if (q->count == q->cap) fifo_grow(L, q, items);
     lua_rawseti(L, items, (q->head + q->count) % q->cap + 1);
   }
   q->count++;
