@@ -372,15 +372,47 @@ function M.sleep(seconds, ref)
   return H.sleep(seconds)
 end
 
--- joinall(greenlets, timeout?, raise_error?) -> the finished ones
+-- joinall(greenlets, timeout?, raise_error?) -> the finished ones.
+-- One link per unfinished greenlet counts them down; the caller is
+-- woken once, when the last one ends (or the first one fails, with
+-- raise_error), not once per greenlet.
 function M.joinall(list, timeout, raise_error)
   if type(timeout) == "table" then timeout, raise_error = timeout.timeout, timeout.raise_error end
   timeout = opt_timeout(timeout, "joinall")
-  local deadline = timeout and monotonic() + timeout
+  local pending, failed = 0, false
+  local cur = getcurrent()
+  local function on_done(g)
+    pending = pending - 1
+    if raise_error and not g:successful() then failed = true end
+    if pending == 0 or failed then schedule(cur, true) end
+  end
+  local linked = {}
+  for i = 1, #list do
+    local g = list[i]
+    if not is_ready(g) then
+      if g == cur then raise(RuntimeError("cannot join the current greenlet (it would wait for itself)")) end
+      g:link(on_done)
+      pending = pending + 1
+      linked[pending] = g
+    elseif raise_error and not g:successful() then
+      failed = true
+    end
+  end
+  if pending > 0 and not failed then
+    local deadline = timeout and monotonic() + timeout
+    while pending > 0 and not failed do
+      local ok, v = pcall(wait_for_wake, deadline and math.max(deadline - monotonic(), 0))
+      if not ok then
+        for i = 1, #linked do linked[i]:unlink(on_done) end
+        error(v, 0)
+      end
+      if v == TIMED_OUT then break end
+    end
+  end
+  if pending > 0 then for i = 1, #linked do linked[i]:unlink(on_done) end end
   local done = {}
   for i = 1, #list do
     local g = list[i]
-    if not is_ready(g) then g:join(deadline and math.max(deadline - monotonic(), 0)) end
     if g:ready() then
       done[#done + 1] = g
       if raise_error and not g:successful() then error(g.exception, 0) end

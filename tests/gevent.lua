@@ -79,6 +79,15 @@ local fin = gevent.joinall({ fast, slow }, 0.05)
 t.ok(#fin == 1 and fin[1] == fast and monotonic() - t0 < 1, "joinall with timeout returns the finished ones")
 gevent.killall({ slow })
 t.ok(slow.dead, "killall")
+io.stderr:write("# (a traceback of 'jbad' is expected here)\n")
+local jslow = gevent.spawn(gevent.sleep, 5)
+local jbad = gevent.spawn(function() gevent.sleep(0.01) error(ValueError("jbad")) end)
+t0 = monotonic()
+t.raises(function() gevent.joinall({ jslow, jbad }, 5, true) end, ValueError, "jbad",
+  "joinall raise_error raises the first failure without waiting for the rest")
+t.ok(monotonic() - t0 < 1 and not jslow:ready(), "... at once")
+jslow:kill()
+t.is(#gevent.joinall({ jslow, jbad, fast }), 3, "joinall of finished greenlets")
 
 -- a join whose timer fired while the joined greenlet ended (both in one
 -- hub pass) leaves no stale wake-up behind to cut the next wait short
