@@ -449,7 +449,9 @@ static int sk_close(lua_State *L) {
   sk_sock *s = sk_check(L);
   if (s->fd >= 0) {
     int fd = s->fd;
+    mt_universe *U = mt_universe_of(L);
     s->fd = -1;
+    if (U->greenlet_cancel_fd != NULL) U->greenlet_cancel_fd(L, fd);
     /* ECONNRESET on close is not an error for the caller (CPython) */
     if (close(fd) < 0 && errno != ECONNRESET && errno != EINTR) sk_raise_errno(L, errno);
   }

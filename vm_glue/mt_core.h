@@ -106,6 +106,11 @@ struct mt_universe {
   ** itself (poll with the GIL released), else MT_WOKEN/MT_TIMEDOUT/
   ** MT_INTERRUPTED.  Set by the coroutine binding; used by sockets. */
   int (*greenlet_wait_fd)(lua_State *L, int fd, int events, double deadline, int force);
+  /* Called by sockets just before closing fd (GIL held): greenlets
+  ** waiting on it in greenlet_wait_fd must be woken (MT_WOKEN; the
+  ** socket then raises EBADF), as gevent's close() cancels waiters --
+  ** epoll forgets a closed fd, so they would never wake.  Optional. */
+  void (*greenlet_cancel_fd)(lua_State *L, int fd);
   /* who owns an RLock: the OS thread, or under monkey patching the
   ** greenlet (set by the coroutine binding; NULL: the OS thread) */
   void *(*owner_of)(lua_State *L);
