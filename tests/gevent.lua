@@ -228,6 +228,54 @@ end)
 tm:join(5)
 t.ok(isinstance(tm.exception, gevent.Timeout), "Timeout interrupts a patched time.sleep")
 
+-- Ctrl-C while the main greenlet waits on the hub: KeyboardInterrupt,
+-- status 130 (the script runs in the background, then gets SIGINT)
+local function interrupted(src, name)
+  local path = os.tmpname() .. ".lua"
+  local h = io.open(path, "w"); h:write(src); h:close()
+  local outp, errp = os.tmpname(), os.tmpname()
+  os.execute(("(timeout 20 %s %s >%s 2>%s; echo $? >>%s) & sleep 0.5; kill -INT $(pgrep -f '^%s %s') ; wait")
+    :format(t.mtlua, path, outp, errp, outp, t.mtlua, path))
+  local o = io.open(outp):read("a")
+  local e = io.open(errp):read("a")
+  os.remove(outp); os.remove(errp); os.remove(path)
+  t.like(o, "130\n$", name .. ": status 130")
+  t.like(e, "KeyboardInterrupt", name .. ": KeyboardInterrupt reported")
+end
+interrupted([[require("gevent").sleep(10)]], "Ctrl-C in gevent.sleep")
+interrupted([[
+  local gevent = require "gevent"
+  gevent.joinall({ gevent.spawn(gevent.sleep, 10), gevent.spawn(gevent.sleep, 10) })
+]], "Ctrl-C in joinall")
+interrupted([[
+  local gevent = require "gevent"
+  require("gevent.monkey").patch_all()
+  local lk = require("threading").Lock()
+  lk:acquire()
+  gevent.spawn(function() lk:acquire() end):join()
+]], "Ctrl-C while a greenlet waits in a patched Lock")
+
+-- a process forked by multiprocessing from a program using gevent (a
+-- greenlet still sleeping in the parent's hub) has a working hub
+do
+  local mp = require "multiprocessing"
+  gevent.sleep(0.001)
+  local pending = gevent.spawn(gevent.sleep, 0.05)
+  local q = mp.Queue()
+  local p = mp.Process{ target = function(qq)
+    local n, l = 0, {}
+    for i = 1, 5 do l[i] = gevent.spawn(function() gevent.sleep(0.01) n = n + 1 end) end
+    gevent.joinall(l, 5)
+    pending:join(5)
+    qq:put(n .. " " .. tostring(pending:ready()))
+  end, args = { q } }
+  p:start()
+  t.is(q:get{ timeout = 10 }, "5 true", "forked child: gevent.spawn/sleep/joinall work")
+  p:join(10)
+  t.is(p.exitcode, 0, "forked child exits cleanly")
+  t.ok(pending:join(5), "the parent's hub goes on after the fork")
+end
+
 -- the ports
 local out, err, st = t.run("scripts/co_gevent.lua", 20)
 local lines = {}
