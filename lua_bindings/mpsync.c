@@ -51,6 +51,7 @@
 #define MS_NSLOTS 256                    /* Condition waiters at a time */
 #define MS_DATA 128                      /* Value/Array data offset */
 #define MS_BOXDATA 256                   /* box data offset */
+#define MS_BOXMAX ((size_t)256 << 20)    /* a box's mapping (its most) */
 #define MS_SPINS 400                     /* pauses before a lock wait sleeps */
 
 enum {
@@ -1142,15 +1143,15 @@ static ms_handle *box_check(lua_State *L) {
   return hd;
 }
 
-/* The segment grew in another process: map all of it (mutex held). */
-static int box_remap(ms_handle *hd) {
-  size_t want = MS_BOXDATA + (size_t)box_of(hd)->capacity;
-  if (want <= hd->seg.size) return 0;
-  void *p = mremap(hd->seg.base, hd->seg.size, want, MREMAP_MAYMOVE);
+/* A box's mapping covers MS_BOXMAX bytes from the start, whatever the
+** file's size, so that growing it (ftruncate) never moves the mapping:
+** its mutex must keep its address while held (glibc's robust list
+** points at it). */
+static int box_reserve(shm_segment *seg) {
+  void *p = mremap(seg->base, seg->size, MS_BOXMAX, MREMAP_MAYMOVE);
   if (p == MAP_FAILED) return errno;
-  hd->seg.base = p;
-  hd->seg.size = want;
-  hd->h = (ms_head *)p;
+  seg->base = p;
+  seg->size = MS_BOXMAX;
   return 0;
 }
 
@@ -1165,12 +1166,6 @@ static int box_acquire(lua_State *L) {
   if (hd->boxlocked) return mt_raise(L, "RuntimeError", "box: acquired twice");
   ms_lock(L, hd->h);
   hd->boxlocked = 1;
-  int e = box_remap(hd);
-  if (e != 0) {
-    hd->boxlocked = 0;
-    ms_unlock(hd->h);
-    return mt_raise(L, "OSError", "[Errno %d] shared store: %s", e, strerror(e));
-  }
   return 0;
 }
 
@@ -1198,15 +1193,16 @@ static int box_write(lua_State *L) {
   pk_dumps(L, 2);
   const char *s = lua_tolstring(L, -1, &n);
   ms_box *b = box_of(hd);
-  if (n > b->capacity) {   /* grow the segment (the memfd) for everyone */
+  if (n > b->capacity) {   /* grow the file (the memfd) for everyone */
     uint64_t cap = b->capacity;
     while (cap < n) cap *= 2;
+    if (cap > MS_BOXMAX - MS_BOXDATA) cap = MS_BOXMAX - MS_BOXDATA;
+    if (n > cap)
+      return mt_raise(L, "MemoryError", "Manager: a shared dict/list/Namespace is limited to %d MiB",
+                      (int)(MS_BOXMAX >> 20));
     if (ftruncate(hd->seg.fd, (off_t)(MS_BOXDATA + cap)) != 0)
       return mt_raise(L, "OSError", "[Errno %d] shared store: %s", errno, strerror(errno));
     b->capacity = cap;
-    int e = box_remap(hd);
-    if (e != 0) return mt_raise(L, "OSError", "[Errno %d] shared store: %s", e, strerror(e));
-    b = box_of(hd);
   }
   memcpy((char *)b + MS_BOXDATA, s, n);
   b->len = n;
@@ -1228,6 +1224,9 @@ static int box_close(lua_State *L) {
 
 static int box_init(lua_State *L) {
   ms_handle *hd = ms_create(L, 1, MS_BOX, 4096, "Manager");
+  int e = box_reserve(&hd->seg);
+  if (e != 0) return mt_raise(L, "OSError", "[Errno %d] Manager: %s", e, strerror(e));
+  hd->h = (ms_head *)hd->seg.base;
   box_of(hd)->capacity = 4096 - MS_BOXDATA;
   return 0;
 }
@@ -1282,6 +1281,10 @@ static int ms_rebuild(lua_State *L) {
       || h->kind != (uint32_t)kind || seg.size < h->size) {
     shm_segment_close(&seg);
     return mt_raise(L, "ValueError", "rebuild(): process %d no longer holds that object", (int)pid);
+  }
+  if (kind == MS_BOX && (e = box_reserve(&seg)) != 0) {
+    shm_segment_close(&seg);
+    return mt_raise(L, "OSError", "[Errno %d] rebuild(): %s", e, strerror(e));
   }
   if (lua_istable(L, 5)) lua_pushvalue(L, 5);
   else lua_newtable(L);
