@@ -48,6 +48,7 @@ struct gl_stack {
   gl_ts *ts;
   void *fake;             /* ASan: its fake stack while switched away */
   void *fiber;            /* TSan: its fiber */
+  unsigned vg_id;         /* valgrind: its registration */
 };
 
 static void tramp_main(gl_stack *S);
@@ -147,6 +148,15 @@ static void ctx_prepare(gl_stack *S) {
 #ifdef GL_TSAN
 #include <sanitizer/tsan_interface.h>
 #endif
+/* valgrind takes a jump of the stack pointer into a stack it does not
+** know for a huge frame (and reports reads of it); registering each
+** stack tells it.  The requests cost nothing outside valgrind. */
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define GL_VALGRIND 1
+#endif
+#endif
 
 /* Before leaving stack 'from' for 'to'. */
 static void san_leave(gl_stack *from, gl_stack *to) {
@@ -178,6 +188,9 @@ static void san_stack_new(gl_stack *S) {
 #ifdef GL_TSAN
   S->fiber = __tsan_create_fiber(0);
 #endif
+#ifdef GL_VALGRIND
+  S->vg_id = VALGRIND_STACK_REGISTER(S->mem, (char *)S->mem + S->size);
+#endif
   (void)S;
 }
 
@@ -187,6 +200,9 @@ static void san_stack_free(gl_stack *S) {
 #endif
 #ifdef GL_TSAN
   __tsan_destroy_fiber(S->fiber);
+#endif
+#ifdef GL_VALGRIND
+  VALGRIND_STACK_DEREGISTER(S->vg_id);
 #endif
   (void)S;
 }
