@@ -221,14 +221,61 @@ end
 local IMapIterator = class("pool.IMapIterator")
 M.IMapIterator = IMapIterator
 
-function IMapIterator:__init__(pool, n, unordered)
+-- The input is read lazily, as Python's task handler does, but from
+-- the consumer's calls and with a bounded read-ahead (window items in
+-- flight): an endless iterator works, and memory stays bounded.
+function IMapIterator:__init__(pool, unordered, func, iterable, n, chunksize)
   self._pool = pool
-  self._n = n
   self._unordered = unordered
   self._values, self._errors, self._have = {}, {}, {}
   self._order = {}         -- unordered: positions as they came
   self._taken = 0          -- positions yielded so far
   self._chunk_len = {}     -- first position -> length of its chunk
+  self._func, self._chunksize = func, chunksize
+  self._src, self._srcn = iterable, n   -- n: a table's length; nil: a function
+  self._read = 0           -- items read from the input so far
+  self._n = nil            -- the input's length, once it is known
+  self._window = math.max(4 * pool._processes * chunksize, 256)
+  pool._lazy[self] = true
+  self:_fill()
+end
+
+-- Reads and submits input until 'window' items are in flight (all of
+-- it when window is nil) or the input ends.
+function IMapIterator:_fill(window)
+  window = window or self._window
+  local pool, size = self._pool, self._chunksize
+  if self._n == nil and pool._state == "TERMINATE" then
+    self._n, self._cut = self._read, true   -- the rest is never read
+  end
+  while self._n == nil and self._read - self._taken < window do
+    local chunk, k, src = { n = 0 }, 0, self._src
+    if self._srcn then
+      k = math.min(size, self._srcn - self._read)
+      move(src, self._read + 1, self._read + k, 1, chunk)
+    else
+      local last = self._last
+      while k < size do
+        local v = src(nil, last)
+        if v == nil then break end
+        k = k + 1
+        chunk[k], last = v, v
+      end
+      self._last = last
+    end
+    chunk.n = k
+    local start = self._read + 1
+    self._read = self._read + k
+    if k < size then
+      self._n = self._read
+      pool._lazy[self] = nil
+    end
+    if k > 0 then
+      self._chunk_len[start] = k
+      local data = pool:_chunk(chunk, 1, k)
+      pool:_submit(pool:_newjob(self, start), 2, self._func, data, false)
+    end
+  end
 end
 
 -- A failed chunk: each of its positions carries the error.
@@ -255,7 +302,11 @@ end
 -- multiprocessing.TimeoutError on timeout; a task's error is raised at
 -- its position.
 function IMapIterator:next(timeout)
-  if self._taken >= self._n then return nil end
+  if self._n == nil then self:_fill() end
+  if self._n ~= nil and self._taken >= self._n then
+    if self._cut then raise(WorkerLostError("the pool was terminated before the task completed")) end
+    return nil
+  end
   local deadline = deadline_of(timeout)
   local pos
   wait_until(self._pool._cond, function()
@@ -283,6 +334,7 @@ local Base = class("pool.Pool_base")
 
 function Base:_init_common(processes)
   self._state = "RUN"
+  self._lazy = setmetatable({}, { __mode = "k" })   -- imaps still reading input
   self._cond = threading.Condition(threading.Lock())
   self._jobs = {}           -- job -> result object
   self._starts = {}         -- job -> first position (map chunks)
@@ -404,10 +456,13 @@ function Base:_imap(fname, unordered, func, iterable, chunksize)
   check_callable(fname, "func", func)
   check_chunksize(fname, chunksize)
   self:_check_running()
-  local items, n = to_array(fname, iterable)
-  local it = IMapIterator(self, n, unordered)
-  self:_submit_chunks(it, func, items, n, chunksize or 1, false)
-  return it
+  local n
+  if type(iterable) == "table" and not is_callable(iterable) then
+    n = iterable.n or #iterable
+  elseif not is_callable(iterable) then
+    type_error(fname, "iterable", iterable, "a table or an iterator function")
+  end
+  return IMapIterator(self, unordered, func, iterable, n, chunksize or 1)
 end
 
 function Base:imap(...) return self:_imap("imap", false, ...) end
@@ -420,6 +475,17 @@ end
 
 function Base:__exit__()
   self:terminate()
+end
+
+-- close(): the imaps made before it still get all their input (as in
+-- Python, where the task handler goes on feeding them), so it is read
+-- now.  A collection first forgets the ones nobody holds any more (a
+-- loop left with break over an endless iterator); an endless one still
+-- held makes close() wait forever, where Python's join() would.
+function Base:_drain_lazy()
+  if next(self._lazy) == nil then return end
+  collectgarbage()
+  for it in pairs(self._lazy) do it:_fill(math.huge) end
 end
 
 function Base:join()
@@ -628,6 +694,7 @@ end
 
 function Pool:close()
   if self._state == "RUN" then
+    self:_drain_lazy()
     self._state = "CLOSE"
     self._core:close()
   end
@@ -732,6 +799,7 @@ end
 
 function ThreadPool:close()
   if self._state == "RUN" then
+    self:_drain_lazy()
     self._state = "CLOSE"
     local cond = self._tcond
     cond:acquire(); cond:notify_all(); cond:release()

@@ -94,6 +94,28 @@ for _, kind in ipairs { "Pool", "ThreadPool" } do
   for pos, v in p:imap(function(x) if x ~= 2 then return x end end, { 1, 2, 3 }) do holes[#holes + 1] = pos end
   t.is(table.concat(holes, ","), "1,2,3", tag .. "imap goes past nil results")
 
+  -- imap reads its input lazily, with a bounded read-ahead: an endless
+  -- iterator works, and only a window of it is read
+  local pulled = 0
+  local endless = function() pulled = pulled + 1; return pulled end
+  local got, last = 0, 0
+  for pos, v in p:imap(function(x) return x * 2 end, endless) do
+    if v ~= pos * 2 then break end
+    got, last = got + 1, pos
+    if got == 1000 then break end
+  end
+  t.ok(got == 1000 and last == 1000, tag .. "imap over an endless iterator, in order")
+  t.ok(pulled <= 1000 + 300, tag .. "with a bounded read-ahead (" .. pulled .. " items read)")
+  pulled = 0
+  local ucount = 0
+  for _ in p:imap_unordered(function(x) return x end, endless, 4) do
+    ucount = ucount + 1
+    if ucount == 500 then break end
+  end
+  t.ok(ucount == 500 and pulled <= 500 + 300, tag .. "imap_unordered over an endless iterator (" .. pulled .. " read)")
+  local bad_src = function() error("source broke") end
+  t.raises(function() for _ in p:imap(square, bad_src) do end end, RuntimeError, "source broke", tag .. "an input iterator's error reaches the caller")
+
   -- errors: same class, message, remote traceback; error_callback
   local MyError = MyErrors[kind]
   local bad = p:apply_async(function() raise(MyError("broken " .. 42)) end)
@@ -135,7 +157,16 @@ for _, kind in ipairs { "Pool", "ThreadPool" } do
   t.raises(function() p:map(square, 5) end, TypeError, "iterable", tag .. "map of a number")
   t.raises(function() p:map(square, { 1 }, 0) end, ValueError, "Chunksize", tag .. "chunksize 0")
   t.raises(function() p:join() end, ValueError, "Pool is still running", tag .. "join before close")
+  -- an imap still reading its input when the pool closes gets all of it
+  local fin = 0
+  local finite = function() if fin < 600 then fin = fin + 1; return fin end end
+  local lazy = p:imap(function(x) return -x end, finite)
+  local lp, lv = lazy:next(10)
   p:close()
+  t.is(fin, 600, tag .. "close() reads the rest of an open imap's input")
+  local lsum, lcount = lv, 1
+  for _, v in lazy do lsum, lcount = lsum + v, lcount + 1 end
+  t.ok(lp == 1 and lcount == 600 and lsum == -(600 * 601 // 2), tag .. "and all its results come")
   t.raises(function() p:apply_async(square, { 1 }) end, ValueError, "Pool not running", tag .. "apply_async after close")
   t.raises(function() p:map(square, { 1 }) end, ValueError, "Pool not running", tag .. "map after close")
   p:join()
@@ -146,6 +177,22 @@ for _, kind in ipairs { "Pool", "ThreadPool" } do
   t.raises(function() P("x") end, TypeError, "processes", tag .. "processes not a number")
   t.raises(function() P{ processes = 1, maxtasksperchild = 0 } end, ValueError, "maxtasksperchild", tag .. "maxtasksperchild 0")
   t.raises(function() P(1, 5) end, TypeError, "initializer", tag .. "initializer not callable")
+
+  -- terminate() with an imap still reading: its unread part fails
+  do
+    local tp = P(2)
+    local cnt = 0
+    local it = tp:imap(function(x) return x end, function() cnt = cnt + 1; return cnt end)
+    t.is(select(2, it:next(10)), 1, tag .. "imap before terminate")
+    tp:terminate()
+    local ok, e
+    for _ = 1, 10000 do
+      ok, e = pcall(it.next, it, 10)
+      if not ok then break end
+    end
+    t.ok(not ok and isinstance(e, pool.WorkerLostError), tag .. "after terminate an endless imap ends in WorkerLostError")
+    tp:join()
+  end
 
   -- with(...) terminates on exit; initializer; Pool{...}
   local q
