@@ -49,6 +49,7 @@ struct gl_stack {
   void *fake;             /* ASan: its fake stack while switched away */
   void *fiber;            /* TSan: its fiber */
   unsigned vg_id;         /* valgrind: its registration */
+  gl_stack *all_next;     /* ts->stacks */
 };
 
 static void tramp_main(gl_stack *S);
@@ -241,6 +242,8 @@ static gl_stack *stack_new(gl_ts *ts) {
   S->ts = ts;
   ctx_prepare(S);
   san_stack_new(S);
+  S->all_next = ts->stacks;
+  ts->stacks = S;
   return S;
 }
 
@@ -390,6 +393,7 @@ static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int paren
   g->state = GL_NEW;
   g->parent = parent;
   g->pin_ref = g->throw_ref = LUA_NOREF;
+  ts->nobjects++;
   luaL_setmetatable(L, GR_UDMT);
   lua_pushvalue(L, self);
   lua_setiuservalue(L, -2, 1);
@@ -692,7 +696,7 @@ static int gr_getattr(lua_State *L) {
   const char *k = lua_tostring(L, 2);
   if (g == NULL || k == NULL) return 0;
   if (strcmp(k, "dead") == 0) {
-    lua_pushboolean(L, g->state == GL_DEAD || (g->kind == GL_MAIN && g->ts->thread->dead));
+    lua_pushboolean(L, g->state == GL_DEAD || (g->kind == GL_MAIN && (g->ts->dead || g->ts->thread->dead)));
   } else if (strcmp(k, "parent") == 0) {
     push_parent(L, g);
   } else if (strcmp(k, "run") == 0 && g->state == GL_NEW && g->co != NULL) {
@@ -811,32 +815,75 @@ static void unwind(gl_ts *ts, lua_State *co) {
   ts->closing--;
 }
 
+static void ts_release(gl_ts *ts) {
+  if (--ts->nobjects == 0 && ts->dead) free(ts);
+}
+
 static int gr_gc(lua_State *L) {
   gl_gr *g = lua_touserdata(L, 1);
+  gl_ts *ts = g->ts;
   if (g->throw_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, g->throw_ref);
     g->throw_ref = LUA_NOREF;
   }
-  if (g->state != GL_SUSPENDED || g->co == NULL) return 0;
+  if (g->state != GL_SUSPENDED || g->co == NULL || ts->dead) {
+    if (g->state == GL_SUSPENDED) g->state = GL_DEAD;
+    ts_release(ts);
+    return 0;
+  }
   g->state = GL_DEAD;
   gl_ts *here = gl_ts_find(mt_universe_of(L));
-  if (here == g->ts) {
-    unwind(g->ts, g->co);
+  if (here == ts) {
+    unwind(ts, g->co);
+    ts_release(ts);
     return 0;
   }
   /* another thread's greenlet: its own thread unwinds it */
-  gl_ts *ts = g->ts;
-  if (ts->thread == NULL || ts->thread->dead) return 0;
-  if (ts->ndeferred == ts->cdeferred) {
-    int c = ts->cdeferred ? ts->cdeferred * 2 : 8;
-    int *d = realloc(ts->deferred, c * sizeof *d);
-    if (d == NULL) return 0;
-    ts->deferred = d;
-    ts->cdeferred = c;
+  if (ts->thread != NULL && !ts->thread->dead) {
+    if (ts->ndeferred == ts->cdeferred) {
+      int c = ts->cdeferred ? ts->cdeferred * 2 : 8;
+      int *d = realloc(ts->deferred, c * sizeof *d);
+      if (d != NULL) { ts->deferred = d; ts->cdeferred = c; }
+    }
+    if (ts->ndeferred < ts->cdeferred) {
+      lua_getiuservalue(L, 1, 3);
+      ts->deferred[ts->ndeferred++] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
   }
-  lua_getiuservalue(L, 1, 3);
-  ts->deferred[ts->ndeferred++] = luaL_ref(L, LUA_REGISTRYINDEX);
+  ts_release(ts);
   return 0;
+}
+
+/* The OS thread of a threading.Thread ends (GIL held, on its own stack,
+** its main greenlet running): its hub, C stacks and registry anchors
+** go.  The record itself lives on, marked dead, until the last greenlet
+** object pointing to it is collected. */
+static void thread_exit(lua_State *L) {
+  mt_universe *U = mt_universe_of(L);
+  gl_ts *ts = gl_ts_find(U), **pp;
+  if (ts == NULL || ts->current != ts->main || ts->stack != ts->os) return;
+  if (ts->hub != NULL) hub_free(L, ts);
+  for (gl_stack *S = ts->stacks, *nx; S != NULL; S = nx) {
+    nx = S->all_next;
+    stack_free(S);
+  }
+  ts->stacks = ts->spare = NULL;
+  for (int i = 0; i < ts->ndeferred; i++) luaL_unref(L, LUA_REGISTRYINDEX, ts->deferred[i]);
+  free(ts->deferred);
+  ts->deferred = NULL;
+  ts->ndeferred = ts->cdeferred = 0;
+  luaL_unref(L, LUA_REGISTRYINDEX, ts->Ltr_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, ts->main_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, ts->hub_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, ts->pool_ref);
+  free(ts->os);
+  ts->os = ts->stack = NULL;
+  for (pp = &tls_ts; *pp != NULL; pp = &(*pp)->link)
+    if (*pp == ts) { *pp = ts->link; break; }
+  ts->thread = NULL;
+  ts->dead = 1;
+  ts->nobjects++;     /* so that ts_release may free it now */
+  ts_release(ts);
 }
 
 /* -------------------------------------------- module _greenlet */
@@ -905,6 +952,7 @@ int luaopen_mt_greenlet(lua_State *L) {
   lua_pop(L, 1);
   mt_universe_of(L)->raise_pending = raise_pending_hook;
   hub_install(mt_universe_of(L));
+  mt_universe_of(L)->on_thread_exit = thread_exit;
   luaL_newlib(L, gl_funcs);
   lua_pushlightuserdata(L, (void *)&GR_KEY);   /* to pre-size instances */
   lua_setfield(L, -2, "KEY");

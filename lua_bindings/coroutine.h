@@ -56,6 +56,9 @@ struct gl_ts {
   int pool_ref, npool;     /* finished coroutines, reused by new greenlets */
   gl_stack *spare;         /* parked trampolines, ready for reuse */
   gl_stack *os;            /* the OS thread's own stack (main's) */
+  gl_stack *stacks;        /* every stack made, to free at thread exit */
+  int nobjects;            /* greenlet userdata pointing here */
+  int dead;                /* its thread ended: only 'nobjects' matters */
   gl_stack *stack, *from;  /* the running C stack; the one left last */
   int closing;             /* unwinding a collected greenlet */
   int *deferred, ndeferred, cdeferred;   /* coroutines to unwind here */
@@ -89,5 +92,6 @@ gl_gr *gl_new_hub(lua_State *L, gl_ts *ts);   /* pushes nothing */
 int luaopen_mt_hub(lua_State *L);
 gl_gr *hub_next(gl_ts *ts);      /* the trampoline asks: who runs now */
 void hub_install(mt_universe *U);
+void hub_free(lua_State *L, gl_ts *ts);   /* at thread exit */
 
 #endif

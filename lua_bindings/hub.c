@@ -57,6 +57,7 @@ struct hub_timer {
   int ref;                    /* T_SCHED: registry {g, value} */
   unsigned seq;               /* T_SCHED: g's resume count when set */
   gl_gr *g;                   /* T_WAIT */
+  struct timer_box *box;      /* the Lua object holding it, if any */
   int fired, cancelled;
   hub_timer *next_fired;
 };
@@ -143,7 +144,11 @@ static void timer_cb(uv_timer_t *handle) {   /* no GIL: record only */
   h->fired = t;
 }
 
-static void timer_free_cb(uv_handle_t *handle) { free(handle->data); }
+static void timer_free_cb(uv_handle_t *handle) {
+  hub_timer *t = handle->data;
+  if (t->box != NULL) *(hub_timer **)t->box = NULL;   /* box->t */
+  free(t);
+}
 
 static uint64_t ms_until(gl_hub *h, double seconds) {
   if (seconds <= 0) return 0;
@@ -370,7 +375,7 @@ static int hook_wait(lua_State *L, mt_waiter *w, double deadline) {
 /* GIL held, any OS thread. */
 static void hook_wake(mt_waiter *w) {
   gl_gr *g = w->greenlet;
-  if (g == NULL || g->waiter != w) return;
+  if (g == NULL || g->waiter != w || g->ts->hub == NULL) return;
   gl_hub *h = g->ts->hub;
   if (g->wait_result < 0) g->wait_result = MT_WOKEN;
   queue_wake(h, g);
@@ -444,6 +449,35 @@ static void hook_interrupt(mt_universe *U) {   /* the watcher thread */
   for (int i = 0; i < 16; i++)
     if (mains[i].U == U && mains[i].h != NULL) uv_async_send(&mains[i].h->async);
   pthread_mutex_unlock(&mains_mutex);
+}
+
+/* At thread exit: every handle is closed (timers and polls freed by
+** their close callbacks), the loop closed, the ring let go. */
+static void close_handle(uv_handle_t *handle, void *arg) {
+  lua_State *L = arg;
+  if (uv_is_closing(handle)) return;
+  if (handle->type == UV_TIMER) {
+    hub_timer *t = handle->data;
+    if (t->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    t->ref = LUA_NOREF;
+    t->cancelled = 1;
+    uv_close(handle, timer_free_cb);
+  } else if (handle->type == UV_POLL) {
+    uv_close(handle, poll_free_cb);
+  } else {
+    uv_close(handle, NULL);
+  }
+}
+
+void hub_free(lua_State *L, gl_ts *ts) {
+  gl_hub *h = ts->hub;
+  uv_walk(&h->loop, close_handle, L);
+  uv_run(&h->loop, UV_RUN_NOWAIT);    /* the close callbacks */
+  uv_loop_close(&h->loop);
+  luaL_unref(L, LUA_REGISTRYINDEX, h->ring_ref);
+  free(h->slots);
+  free(h);
+  ts->hub = NULL;
 }
 
 void hub_install(mt_universe *U) {
@@ -553,6 +587,7 @@ static int h_timer(lua_State *L) {
   luaL_setmetatable(L, TIMER_MT);
   hub_timer *t = timer_start(L, h, s, T_SCHED);
   b->t = t;
+  t->box = b;
   t->mode = lua_toboolean(L, 4) ? MODE_THROW : MODE_SWITCH;
   t->seq = g->seq;
   lua_createtable(L, 2, 0);
@@ -569,6 +604,7 @@ static int timer_cancel(lua_State *L) {
   if (b->t != NULL) {
     gl_ts *ts = gl_ts_find(mt_universe_of(L));
     if (ts != NULL && ts->hub == b->t->hub) {
+      b->t->box = NULL;
       timer_close(L, b->t);
       b->t = NULL;
     }

@@ -401,6 +401,7 @@ static void *thread_main(void *arg) {
   h->done = 1;
   mt_wake_all(&h->joiners);
   lua_settop(L, 0);
+  if (U->on_thread_exit != NULL) U->on_thread_exit(L);
   mt_thread_unregister(t);
   luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
   /* t goes back to the spares while we hold the GIL: signal now, and

@@ -126,6 +126,34 @@ end }
 th:start(); th:join(5)
 t.is(err, 42, "greenlets in another thread")
 
+-- threads that used greenlets and a hub end: their state is freed;
+-- objects they leave behind stay safe to use and to collect
+local left = {}
+local tl = {}
+for k = 1, 8 do
+  tl[k] = threading.Thread{ target = function()
+    local gevent = require "gevent"
+    local gs = {}
+    for i = 1, 20 do gs[i] = gevent.spawn(function() gevent.sleep(0.001) return i end) end
+    gevent.joinall(gs, 5)
+    local susp = greenlet(function() getcurrent().parent:switch() end)
+    susp:switch()                        -- left suspended
+    left[k] = { gs[20], susp, getcurrent(), gevent.Timeout(5):start() }
+  end }
+  tl[k]:start()
+end
+for k = 1, 8 do tl[k]:join(10) end
+local okleft = #left == 8
+for k = 1, 8 do
+  local l = left[k]
+  if not (l and l[1].value == 20 and l[3].dead and not pcall(l[2].switch, l[2])) then okleft = false end
+  if l then l[4]:cancel() end
+end
+t.ok(okleft, "objects of ended threads: values kept, main dead, switching refused")
+left = nil
+collectgarbage(); collectgarbage()
+t.ok(true, "... and collected without harm")
+
 -- stress: many greenlets ping-pong
 local count = 0
 local gs = {}

@@ -99,6 +99,9 @@ struct mt_universe {
   int (*greenlet_wait)(lua_State *L, mt_waiter *w, double deadline);
   void (*greenlet_wake)(mt_waiter *w);
   void (*after_fork_child)(mt_universe *U);   /* e.g. reset the hub */
+  /* Called by a threading.Thread's OS thread as it ends (GIL held, its
+  ** Lua code done): frees the coroutine binding's per-thread state. */
+  void (*on_thread_exit)(lua_State *L);
   void (*on_interrupt)(mt_universe *U);  /* SIGINT: wake a waiting hub */
   /* Waits until fd is ready for 'events' (POLLIN/POLLOUT) on the hub,
   ** when L is a greenlet under monkey patching (or a gevent socket,
