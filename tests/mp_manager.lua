@@ -245,4 +245,12 @@ do
 end
 
 m:shutdown()
+
+do   -- the demo script
+  local out, err, status = t.run("scripts/mp_manager.lua", 30)
+  t.is(out, "squares:\t1 4 9 16\nlist length:\t4\nnamespace:\twritten by worker 1\ncounter:\t4000\n",
+    "scripts/mp_manager.lua output")
+  t.is(err, "", "scripts/mp_manager.lua: nothing on stderr")
+end
+
 t.done()
