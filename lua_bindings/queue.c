@@ -257,13 +257,28 @@ static int q_wait(lua_State *L, mt_waitlist *wl, double deadline) {
   return r;
 }
 
+/* Pushes field 'name' of the options table at 'opt', or, when absent,
+** its element 'pos' (the Python-call form: get{false, 0.5}). */
+static void q_option(lua_State *L, int opt, const char *name, int pos) {
+  if (lua_getfield(L, opt, name) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, opt, pos);
+  }
+}
+
 /* The options of put(item, block, timeout) / get(block, timeout), either
 ** positional from 'idx' or as a table there.  Returns the deadline: -1
 ** forever, -2 do not block. */
 static double q_block_args(lua_State *L, int idx, const char *fname) {
-  int optidx = lua_type(L, idx) == LUA_TTABLE ? idx : 0;
-  int block = mt_opt_boolean(L, idx, optidx, "block", 1);
-  double timeout = mt_opt_timeout(L, idx + 1, optidx, "timeout", fname);
+  int block;
+  double timeout;
+  if (lua_type(L, idx) == LUA_TTABLE) {
+    q_option(L, idx, "block", 1);
+    q_option(L, idx, "timeout", 2);
+    idx = lua_gettop(L) - 1;
+  }
+  block = lua_isnoneornil(L, idx) || lua_toboolean(L, idx);
+  timeout = mt_opt_timeout(L, idx + 1, 0, "timeout", fname);
   if (!block) return -2;
   if (isnan(timeout)) return -1;
   if (timeout < 0) return mt_raise(L, "ValueError", "'timeout' must be a non-negative number");
@@ -413,7 +428,11 @@ static int q_shutdown(lua_State *L) {
   q_queue *q;
   lua_settop(L, 2);   /* 'immediate' at 2, before q_check pushes */
   q = q_check(L, &items);
-  int immediate = mt_opt_boolean(L, 2, lua_type(L, 2) == LUA_TTABLE ? 2 : 0, "immediate", 0);
+  if (lua_type(L, 2) == LUA_TTABLE) {   /* shutdown{immediate=} or shutdown{true} */
+    q_option(L, 2, "immediate", 1);
+    lua_replace(L, 2);
+  }
+  int immediate = lua_toboolean(L, 2);
   q->is_shutdown = 1;
   if (immediate) {
     while (q->count > 0) {

@@ -187,6 +187,10 @@ do
   t.raises(function() q:get_nowait() end, queue.Empty, nil, "get_nowait on an empty queue")
   t.raises(function() q:get(false) end, queue.Empty, nil, "get(false)")
   t.raises(function() q:get{block = false} end, queue.Empty, nil, "get{block=false}")
+  t.raises(function() q:get{false} end, queue.Empty, nil, "get{false}: the Python-call form")
+  t.raises(function() q:get{true, -1} end, ValueError, nil, "get{true, -1}")
+  dt, ok, e = elapsed(q.get, q, {true, 0.05})
+  t.ok(not ok and isinstance(e, queue.Empty) and dt >= 0.04 and dt < 1.0, "get{true, 0.05}")
   dt, ok, e = elapsed(q.get, q, true, 0.1)
   t.ok(not ok and isinstance(e, queue.Empty) and dt >= 0.09 and dt < 1.0,
        "get(true, 0.1) raises Empty after about 0.1 s")
@@ -314,6 +318,14 @@ do
   p:put(2) p:put(1)
   p:shutdown(true)
   t.ok(p:empty(), "shutdown(true) empties a PriorityQueue")
+  local l = LifoQueue()
+  l:put(1)
+  l:shutdown{true}
+  t.ok(l:empty(), "shutdown{true}: the Python-call form")
+  l = LifoQueue()
+  l:put(1)
+  l:shutdown{}
+  t.is(l:get(), 1, "shutdown{} is not immediate")
 end
 
 -- 4 producers x 4 consumers x 50,000 items --------------------------------------
