@@ -165,7 +165,7 @@ function AsyncResult:wait(timeout)
 end
 
 function AsyncResult:get(timeout)
-  self:wait(timeout)
+  if not self._ready then self:wait(timeout) end
   if not self._ready then raise(TimeoutError()) end
   if self._ok then return self._value end
   error(self._value, 0)
@@ -533,12 +533,24 @@ local function worker_handler(e)
 end
 
 -- -> result, is_packed (a map chunk's results go packed, not pickled)
+-- The functions this worker was given once (fid -> function, or the
+-- error loading it gave).
+local worker_funcs, worker_func_errors = {}, {}
+
+local function task_func(f)
+  if math.type(f) ~= "integer" then return f end
+  local fn = worker_funcs[f]
+  if fn == nil then error(worker_func_errors[f] or "pool: the task's function never reached this worker", 0) end
+  return fn
+end
+
 -- A map over numbers runs in C, from packed chunk to packed results.
 local function run_task(payload, extra, loads)
   local t = loads(payload)
-  if t[1] == 1 then return call(t[2], t[3], t[4]), false end
-  if not t[4] and extra:byte(1) == 78 then return _pool.map_packed(t[2], extra), "raw" end
-  local out = run_chunk(t[2], unpack_chunk(extra), t[4])
+  local func = task_func(t[2])
+  if t[1] == 1 then return call(func, t[3], t[4]), false end
+  if not t[4] and extra:byte(1) == 78 then return _pool.map_packed(func, extra), "raw" end
+  local out = run_chunk(func, unpack_chunk(extra), t[4])
   return out, true
 end
 
@@ -561,6 +573,12 @@ local function worker_main(fd, pickle, initializer, initargs, maxtasks)
   while maxtasks == nil or done < maxtasks do
     local job, payload, extra = recv(fd)
     if job == nil then break end
+    while job < 0 do   -- a function that tasks will name by id
+      local lok, fn = pcall(loads, payload)
+      if lok then worker_funcs[-job] = fn else worker_func_errors[-job] = fn end
+      job, payload, extra = recv(fd)
+      if job == nil then return 0 end
+    end
     local ok, res, packed = xpcall(run_task, worker_handler, payload, extra, loads)
     local data
     if ok then
@@ -625,6 +643,8 @@ function Pool:__init__(...)
   self:_init_common(processes)
   self._initializer, self._initargs, self._maxtasks = initializer, initargs, maxtasks
   self._core = _pool.new(processes, maxtasks or 0, require("_multiprocessing").fork)
+  self._fids = setmetatable({}, { __mode = "k" })   -- function -> fid
+  self._fid_by_pickle, self._fid_list = {}, {}
   for slot = 1, processes do self:_spawn(slot) end
   self._thread = threading.Thread{ target = M._handle_results, args = { self },
     name = "Pool-result-handler", daemon = true }
@@ -640,17 +660,52 @@ end
 -- A chunk crosses packed (numbers) or pickled, in one string.
 function Pool:_chunk(items, i, j) return pack_chunk(items, i, j) end
 
+-- A function whose upvalues are all the globals table (or that has
+-- none) holds no state of its own, so one pickle of it serves every
+-- call: it is sent to each worker once and tasks name it by id.  Other
+-- closures are pickled with each task (their upvalues by value, as the
+-- task was submitted).
+local globals, getupvalue = _G, debug.getupvalue
+local function stateless(f)
+  if type(f) ~= "function" then return false end
+  local i = 1
+  while true do
+    local name, v = getupvalue(f, i)
+    if name == nil then return true end
+    if v ~= globals then return false end
+    i = i + 1
+  end
+end
+
+function Pool:_fid(func)
+  if not stateless(func) then return nil end
+  local fid = self._fids[func]
+  if fid then return fid end
+  local data = self._pickle.dumps(func)
+  fid = self._fid_by_pickle[data]   -- closures of one prototype share it
+  if fid == nil then
+    fid = #self._fid_list + 1
+    self._fid_list[fid] = data
+    self._fid_by_pickle[data] = fid
+    self._core:define(fid, data)
+  end
+  self._fids[func] = fid
+  return fid
+end
+
 -- A map chunk (kind 2, args: the packed chunk) travels beside the
 -- pickle, so that only the function is signed and checked.
 function Pool:_submit(job, kind, func, args, kwds)
   local extra
   if kind == 2 then extra, args = args, nil end
-  local ok, data = pcall(self._pickle.dumps, { kind, func, args, kwds })
+  local ok, fid = pcall(self._fid, self, func)
+  local data
+  if ok then ok, data = pcall(self._pickle.dumps, { kind, fid or func, args, kwds }) else data = fid end
   if not ok then
     self._jobs[job], self._starts[job] = nil, nil
     error(data, 0)
   end
-  self._core:submit(job, data, extra)
+  self._core:submit(job, data, extra, fid)
 end
 
 -- The pool's result thread: takes what the I/O thread collected,

@@ -55,7 +55,8 @@
 
 typedef struct pl_frame {
   struct pl_frame *next;
-  uint64_t job;
+  uint64_t job;             /* a definition (see below): -fid */
+  uint32_t fid;             /* the cached function the task calls; 0: none */
   size_t len, sent;         /* the whole frame, and how much is written */
   char data[];
 } pl_frame;
@@ -97,6 +98,24 @@ static void fifo_prepend(pl_fifo *to, pl_fifo *from) {
 static void fifo_free(pl_fifo *q) {
   pl_frame *f;
   while ((f = fifo_pop(q)) != NULL) free(f);
+}
+
+/* A definition frame gives a worker the pickle of a function that
+** tasks then name by a small id (fid): a function without upvalues of
+** its own is pickled, signed and checked once per pool, loaded once per
+** worker.  Its job field is -fid; it gets no result. */
+static int is_def(const pl_frame *f) { return (int64_t)f->job < 0; }
+
+/* Removes the definitions from q (a dead worker's: the next one gets
+** its own). */
+static void drop_defs(pl_fifo *q) {
+  pl_fifo keep = { NULL, NULL, 0 };
+  pl_frame *f;
+  while ((f = fifo_pop(q)) != NULL) {
+    if (is_def(f)) free(f);
+    else fifo_push(&keep, f);
+  }
+  *q = keep;
 }
 
 /* ------------------------------------------------------------ events */
@@ -157,6 +176,8 @@ typedef struct pl_worker {
   double mark;              /* when its current task began, roughly */
   char *ibuf;
   size_t ilen, icap;
+  unsigned char *known;     /* known[fid]: this worker has that function */
+  size_t nknown;
 } pl_worker;
 
 typedef struct pl_core {
@@ -171,6 +192,8 @@ typedef struct pl_core {
   int nworkers;
   pl_worker *w;
   pl_ring *rings;           /* shared with the workers, one per slot */
+  struct pl_def { char *p; size_t len; } *defs;   /* defs[fid]: a pickle */
+  size_t ndefs;
   pl_fifo pending;
   /* Submissions go through a list of their own under a mutex held only
   ** for a push: the submitting Lua thread never waits while the I/O
@@ -233,9 +256,12 @@ static void core_unref(pl_core *c) {
   int last = --c->refs == 0;
   pthread_mutex_unlock(&c->mu);
   if (!last) return;
+  for (size_t i = 0; i < c->ndefs; i++) free(c->defs[i].p);
+  free(c->defs);
   for (int i = 0; i < c->nworkers; i++) {
     fifo_free(&c->w[i].inflight);
     free(c->w[i].ibuf);
+    free(c->w[i].known);
     close_fd(&c->w[i].fd);
   }
   fifo_free(&c->pending);
@@ -338,10 +364,46 @@ static void io_write(pl_core *c, pl_worker *w) {
   (void)c;
 }
 
-static void give(pl_worker *w, pl_frame *f) {
-  if (w->inflight.count == 0) w->mark = now();
+static void push_out(pl_worker *w, pl_frame *f) {
   fifo_push(&w->inflight, f);
   if (w->unsent == NULL) w->unsent = f;
+}
+
+/* Makes sure worker w has function fid before a task of it: queues its
+** definition, once per worker life. */
+static void give_def(pl_core *c, pl_worker *w, uint32_t fid) {
+  if (fid == 0 || fid >= c->ndefs || c->defs[fid].p == NULL) return;
+  if (fid < w->nknown && w->known[fid]) return;
+  if (fid >= w->nknown) {
+    size_t n = w->nknown ? w->nknown : 16;
+    while (n <= fid) n *= 2;
+    unsigned char *k = realloc(w->known, n);
+    if (k == NULL) return;   /* the worker reports the unknown function */
+    memset(k + w->nknown, 0, n - w->nknown);
+    w->known = k;
+    w->nknown = n;
+  }
+  size_t plen = c->defs[fid].len;
+  pl_frame *f = malloc(sizeof *f + PL_HDR_TASK + plen);
+  if (f == NULL) return;
+  uint32_t flen = (uint32_t)(12 + plen), p32 = (uint32_t)plen;
+  uint64_t j = (uint64_t)(-(int64_t)fid);
+  f->job = j;
+  f->fid = 0;
+  f->len = PL_HDR_TASK + plen;
+  f->sent = 0;
+  memcpy(f->data, &flen, 4);
+  memcpy(f->data + 4, &j, 8);
+  memcpy(f->data + 12, &p32, 4);
+  memcpy(f->data + PL_HDR_TASK, c->defs[fid].p, plen);
+  push_out(w, f);
+  w->known[fid] = 1;
+}
+
+static void give(pl_core *c, pl_worker *w, pl_frame *f) {
+  if (w->inflight.count == 0) w->mark = now();
+  give_def(c, w, f->fid);
+  push_out(w, f);
   w->given++;
 }
 
@@ -361,7 +423,7 @@ static void io_dispatch(pl_core *c) {
         want = (size_t)(c->maxtasks - w->given);
       if (want > share) want = share;
       if (want == 0) want = 1;
-      while (want-- > 0 && c->pending.head != NULL) give(w, fifo_pop(&c->pending));
+      while (want-- > 0 && c->pending.head != NULL) give(c, w, fifo_pop(&c->pending));
     }
   }
   for (int i = 0; i < c->nworkers; i++)
@@ -417,8 +479,9 @@ static void io_worker_gone(pl_core *c, int slot) {
   /* the task it took and did not answer, if any: only that one is
   ** lost (a task written to a worker that was dying is not) */
   uint64_t lost = 0;
+  drop_defs(&w->inflight);
   pl_frame *head = w->inflight.head;
-  if (head != NULL && head != w->unsent && atomic_load(&c->rings[slot].took) == head->job) {
+  if (head != NULL && head->sent == head->len && atomic_load(&c->rings[slot].took) == head->job) {
     lost = head->job;
     free(fifo_pop(&w->inflight));
   }
@@ -442,7 +505,9 @@ static int io_parse(pl_core *c, int slot) {
     if (w->ilen - off < 4 + (size_t)len) break;
     uint64_t job;
     memcpy(&job, w->ibuf + off + 4, 8);
-    pl_frame *head = w->inflight.head;
+    pl_frame *head;
+    while ((head = w->inflight.head) != NULL && is_def(head) && head != w->unsent)
+      free(fifo_pop(&w->inflight));   /* read by now */
     if (head == NULL || head->job != job || head == w->unsent) return -1;
     free(fifo_pop(&w->inflight));
     push_event(c, EV_RESULT, job, w->ibuf[off + 12] != 0, slot,
@@ -780,6 +845,7 @@ static int core_spawn(lua_State *L) {
   w->shut = 0;
   w->given = w->done = 0;
   w->ilen = 0;
+  if (w->known) memset(w->known, 0, w->nknown);
   w->unsent = NULL;
   core_poke(c);
   pthread_mutex_unlock(&c->mu);
@@ -788,13 +854,15 @@ static int core_spawn(lua_State *L) {
   return 1;
 }
 
-/* core:submit(job, payload, extra?): queues a task for the I/O thread. */
+/* core:submit(job, payload, extra?, fid?): queues a task for the I/O
+** thread; fid names the cached function it calls (core:define). */
 static int core_submit(lua_State *L) {
   pl_core *c = checkcore(L);
   lua_Integer job = luaL_checkinteger(L, 2);
   size_t plen, elen = 0;
   const char *payload = luaL_checklstring(L, 3, &plen);
   const char *extra = luaL_optlstring(L, 4, "", &elen);
+  lua_Integer fid = luaL_optinteger(L, 5, 0);
   if (plen > PL_MAXFRAME - 32 || elen > PL_MAXFRAME - 32 - plen)
     return mt_raise(L, "ValueError", "pool: task of %d bytes is too large", (int)(plen + elen));
   size_t len = plen + elen;
@@ -803,6 +871,7 @@ static int core_submit(lua_State *L) {
   uint32_t flen = (uint32_t)(12 + len), p32 = (uint32_t)plen;
   uint64_t j = (uint64_t)job;
   f->job = j;
+  f->fid = fid > 0 && fid < 0x7fffffff ? (uint32_t)fid : 0;
   f->len = PL_HDR_TASK + len;
   f->sent = 0;
   memcpy(f->data, &flen, 4);
@@ -909,6 +978,38 @@ static int core_wait(lua_State *L) {
   return 1;
 }
 
+/* core:define(fid, pickle): the function that tasks with this fid call. */
+static int core_define(lua_State *L) {
+  pl_core *c = checkcore(L);
+  lua_Integer fid = luaL_checkinteger(L, 2);
+  size_t len;
+  const char *p = luaL_checklstring(L, 3, &len);
+  luaL_argcheck(L, fid > 0 && fid < 0x7fffffff, 2, "bad function id");
+  if (len > PL_MAXFRAME - 32) return mt_raise(L, "ValueError", "pool: function of %d bytes is too large", (int)len);
+  char *copy = malloc(len ? len : 1);
+  if (copy == NULL) return luaL_error(L, "not enough memory");
+  memcpy(copy, p, len);
+  pthread_mutex_lock(&c->mu);
+  if ((size_t)fid >= c->ndefs) {
+    size_t n = c->ndefs ? c->ndefs : 16;
+    while (n <= (size_t)fid) n *= 2;
+    struct pl_def *d = realloc(c->defs, n * sizeof *d);
+    if (d == NULL) {
+      pthread_mutex_unlock(&c->mu);
+      free(copy);
+      return luaL_error(L, "not enough memory");
+    }
+    memset(d + c->ndefs, 0, (n - c->ndefs) * sizeof *d);
+    c->defs = d;
+    c->ndefs = n;
+  }
+  free(c->defs[fid].p);
+  c->defs[fid].p = copy;
+  c->defs[fid].len = len;
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
 /* core:close(): no more tasks; workers finish what is queued, then exit. */
 static int core_close(lua_State *L) {
   pl_core *c = checkcore(L);
@@ -991,6 +1092,7 @@ static int core_gc(lua_State *L) {
 static const luaL_Reg core_methods[] = {
   {"spawn", core_spawn},
   {"submit", core_submit},
+  {"define", core_define},
   {"wait", core_wait},
   {"close", core_close},
   {"terminate", core_terminate},
@@ -1051,7 +1153,7 @@ static int wk_recv(lua_State *L) {
         memcpy(&job, fr + 4, 8);
         memcpy(&plen, fr + 12, 4);
         if (plen > len - 12) return luaL_error(L, "pool: damaged task frame");
-        if (wk_ring) atomic_store(&wk_ring->took, job);
+        if (wk_ring && (int64_t)job > 0) atomic_store(&wk_ring->took, job);
         lua_pushinteger(L, (lua_Integer)job);
         lua_pushlstring(L, fr + PL_HDR_TASK, plen);
         if (len - 12 > plen) lua_pushlstring(L, fr + PL_HDR_TASK + plen, len - 12 - plen);

@@ -227,4 +227,39 @@ do
   p:terminate()
 end
 
+-- functions without state are sent once per worker and named by id;
+-- closures go by value with every task; replaced workers get them anew
+do
+  local p = Pool{ processes = 2, maxtasksperchild = 3 }
+  local function triple(x) return x * 3 end
+  local r = p:map(triple, { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20 }, 1)
+  local good = r.n == 20
+  for i = 1, 20 do if r[i] ~= 3 * i then good = false end end
+  t.ok(good, "a cached function on workers replaced every 3 tasks")
+  local base = 1
+  local addb = function(x) return x + base end
+  t.is(p:apply(addb, { 1 }), 2, "closure: upvalue as submitted")
+  base = 10
+  t.is(p:apply(addb, { 1 }), 11, "closure: a changed upvalue is seen by the next task")
+  local sum = 0
+  for i = 1, 50 do sum = sum + p:apply(function(x) return x + 1 end, { i }) end
+  t.is(sum, 50 * 51 // 2 + 50, "50 closures of one prototype")
+  p:close()
+  p:join()
+  local q = Pool(2)
+  local function ident(x) return x end
+  t.is(q:apply(ident, { 7 }), 7, "cached function before a worker dies")
+  for _, pid in ipairs(q:_pids()) do os.execute("kill -9 " .. pid) end
+  local rs = {}
+  for i = 1, 6 do rs[i] = q:apply_async(ident, { i }) end
+  local okn = 0
+  for i = 1, 6 do
+    local ok, v = pcall(rs[i].get, rs[i], 20)
+    if ok and v == i then okn = okn + 1 end
+  end
+  t.is(okn, 6, "the replaced workers get the cached function again")
+  q:close()
+  q:join()
+end
+
 t.done()
