@@ -969,8 +969,15 @@ static void push_addrinfo(lua_State *L, struct addrinfo *res) {
   }
 }
 
-/* getaddrinfo(host, port, family=0, type=0, proto=0, flags=0) */
+/* getaddrinfo(host, port, family=0, type=0, proto=0, flags=0), or
+** getaddrinfo(host, port, {family=, type=, proto=, flags=}) */
 static int m_getaddrinfo(lua_State *L) {
+  if (lua_type(L, 3) == LUA_TTABLE) {   /* trailing options */
+    static const char *const names[] = {"family", "type", "proto", "flags"};
+    lua_settop(L, 3);
+    for (int i = 0; i < 4; i++) lua_getfield(L, 3, names[i]);
+    lua_remove(L, 3);
+  }
   int family = checkint_arg(L, 3, "getaddrinfo", "family", AF_UNSPEC);
   int type = checkint_arg(L, 4, "getaddrinfo", "type", 0);
   int proto = checkint_arg(L, 5, "getaddrinfo", "proto", 0);

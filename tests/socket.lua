@@ -60,6 +60,9 @@ do
   t.is(list[1][2], socket.SOCK_STREAM, "getaddrinfo: type")
   t.is(list[1][5][1], "127.0.0.1", "getaddrinfo: sockaddr host")
   t.is(list[1][5][2], 80, "getaddrinfo: sockaddr port")
+  local opt = socket.getaddrinfo("127.0.0.1", "80", {type=socket.SOCK_DGRAM})
+  t.ok(#opt == 1 and opt[1][2] == socket.SOCK_DGRAM and opt[1][5][2] == 80,
+    "getaddrinfo with an options table and a port string")
   local e = t.raises(function() socket.getaddrinfo("no such host!", nil, 0, 0, 0, socket.AI_NUMERICHOST) end,
     socket.gaierror, nil, "getaddrinfo of a bad name raises gaierror")
   t.ok(e and math.type(e.errno) == "integer", "gaierror has errno")
