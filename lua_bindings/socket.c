@@ -85,6 +85,7 @@ static int state_gc(lua_State *L) {
 static sk_sock *sk_newstate(lua_State *L, int selfidx) {
   selfidx = lua_absindex(L, selfidx);
   sk_sock *s = (sk_sock *)lua_newuserdatauv(L, sizeof *s, 0);
+  memset(s, 0, sizeof *s);
   s->fd = -1;
   s->family = AF_INET;
   s->type = SOCK_STREAM;
