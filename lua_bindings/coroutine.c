@@ -208,6 +208,18 @@ static void san_stack_free(gl_stack *S) {
   (void)S;
 }
 
+/* In a forked child TSan keeps only the forking fiber: the others are
+** made anew (their shadow stacks are lost, nothing else). */
+void gl_san_after_fork(gl_ts *ts) {
+#ifdef GL_TSAN
+  void *cur = __tsan_get_current_fiber();
+  if (ts->os != NULL) ts->os->fiber = ts->stack == ts->os ? cur : __tsan_create_fiber(0);
+  for (gl_stack *S = ts->stacks; S != NULL; S = S->all_next)
+    S->fiber = S == ts->stack ? cur : __tsan_create_fiber(0);
+#endif
+  (void)ts;
+}
+
 /* The record of the calling thread's own stack. */
 static gl_stack *san_thread_stack(gl_ts *ts) {
   gl_stack *S = calloc(1, sizeof *S);

@@ -87,6 +87,7 @@ void gl_raise_pending(lua_State *L);
 int gl_has_pending(gl_gr *g);
 
 gl_gr *gl_new_hub(lua_State *L, gl_ts *ts);   /* pushes nothing */
+void gl_san_after_fork(gl_ts *ts);           /* forked child: TSan fibers */
 
 /* hub.c */
 int luaopen_mt_hub(lua_State *L);

@@ -436,6 +436,7 @@ static int hook_wait_fd(lua_State *L, int fd, int events, double deadline, int f
 
 static void hook_after_fork(mt_universe *U) {
   gl_ts *ts = gl_ts_find(U);
+  if (ts != NULL) gl_san_after_fork(ts);
   if (ts != NULL && ts->hub != NULL) {
     uv_loop_fork(&ts->hub->loop);
     ts->hub->wakes = ts->hub->wakes_tail = NULL;
