@@ -40,8 +40,13 @@ static const char QUEUE_KEY = 'Q';
 
 #define Q_MINCAP 8
 
-/* Stack positions fixed by q_check: 1 self, then the userdata and its
-** items table are pushed on top; methods remember their indices. */
+/* FIFO and SimpleQueue keep their items in a ring, the others from 1 up. */
+#define q_isring(q) ((q)->kind == Q_FIFO || (q)->kind == Q_SIMPLE)
+
+/* Checks that argument 1 is a queue; pushes its userdata and then its
+** items table, whose index goes to *items (the userdata just below).
+** Methods read their own arguments at fixed positions, so they set the
+** top before calling this. */
 static q_queue *q_check(lua_State *L, int *items) {
   q_queue *q;
   if (lua_type(L, 1) != LUA_TTABLE || lua_rawgetp(L, 1, &QUEUE_KEY) != LUA_TUSERDATA) {
@@ -186,12 +191,17 @@ static int slot_less(lua_State *L, int items, lua_Integer i, lua_Integer j, int 
 }
 
 /* Inserts the value at 'x' into the heap.  Returns 0 (nothing changed)
-** if a comparison let another thread change the queue. */
+** if a comparison let another thread change the queue: checked after
+** each one, as the next would read slots of a heap no longer there. */
 static int heap_put(lua_State *L, q_queue *q, int items, int x) {
   unsigned long v = q->version;
   lua_Integer n = q->count + 1, pos = n;
-  while (pos > 1 && slot_less(L, items, 0, pos / 2, x)) pos /= 2;
-  if (q->version != v) return 0;
+  while (pos > 1) {
+    int less = slot_less(L, items, 0, pos / 2, x);
+    if (q->version != v) return 0;
+    if (!less) break;
+    pos /= 2;
+  }
   for (lua_Integer cur = n; cur > pos; cur /= 2) {   /* shift the path down */
     lua_rawgeti(L, items, cur / 2);
     lua_rawseti(L, items, cur);
@@ -212,12 +222,17 @@ static int heap_get(lua_State *L, q_queue *q, int items) {
   lua_Integer n = q->count - 1, path[64], depth = 0, pos = 1;
   lua_rawgeti(L, items, 1);                 /* the result */
   lua_rawgeti(L, items, q->count);          /* the item that sinks */
-  int x = lua_gettop(L);
-  for (;;) {
+  int x = lua_gettop(L), less;
+  for (;;) {   /* the version is checked after each comparison, as in heap_put */
     lua_Integer c = 2 * pos;
     if (c > n) break;
-    if (c + 1 <= n && slot_less(L, items, c + 1, c, x)) c++;
-    if (!slot_less(L, items, c, 0, x)) break;
+    if (c + 1 <= n) {
+      less = slot_less(L, items, c + 1, c, x);
+      if (q->version != v) break;
+      if (less) c++;
+    }
+    less = slot_less(L, items, c, 0, x);
+    if (q->version != v || !less) break;
     path[depth++] = pos = c;
   }
   if (q->version != v) { lua_pop(L, 2); return 0; }
@@ -436,10 +451,10 @@ static int q_shutdown(lua_State *L) {
   q->is_shutdown = 1;
   if (immediate) {
     while (q->count > 0) {
-      lua_Integer slot = q->kind == Q_FIFO ? q->head + 1 : q->count;
+      lua_Integer slot = q_isring(q) ? q->head + 1 : q->count;
       lua_pushnil(L);   /* dropping needs no order: no comparisons */
       lua_rawseti(L, items, slot);
-      if (q->kind == Q_FIFO) q->head = (q->head + 1) % q->cap;
+      if (q_isring(q)) q->head = (q->head + 1) % q->cap;
       q->count--;
       if (q->unfinished > 0) q->unfinished--;
     }
