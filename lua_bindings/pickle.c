@@ -13,6 +13,8 @@
 **           | STR varint bytes
 **           | TABLE body | MTABLE body value(the metatable)
 **           | INST name body  (a class instance, by class __name__)
+**             (these three tags get the bit SHARED when a REF names
+**             the table: loads keeps only those in its memo)
 **           | CLASS name      | REF varint (memo index) | GLOBALS
 **           | LFUNC varint bytecode varint(nups) upvalue*
 **           | CFUNC name      (module "\0" field ["\0" field])
@@ -22,7 +24,8 @@
 ** Tables and Lua functions get memo indices (1, 2, ...) in the order
 ** they are met, when they are created, so cycles and shared references
 ** come back as one object.  A REDUCE result gets its index after its
-** func and args.
+** func and args.  dumps sets a table's SHARED bit when it first writes
+** a REF to it (the tag is behind it in the buffer by then).
 **
 ** Lua 5.4 has no bytecode verifier, and REDUCE and CFUNC run code on
 ** loads, so a pickle that holds code carries a MAC keyed by a random
@@ -60,6 +63,7 @@ enum {
   T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_MTABLE,
   T_INST, T_CLASS, T_REF, T_GLOBALS, T_LFUNC, T_CFUNC, T_REDUCE
 };
+#define T_SHARED 0x20 /* on TABLE, MTABLE, INST: a REF to it follows */
 #define T_SSTR 0x40   /* 0x40..0x5f: a string of length 0..31 */
 #define T_SINT 0x80   /* 0x80..0xff: an integer 0..127 */
 
@@ -156,31 +160,73 @@ static int mac_ok(const unsigned char *s, size_t len) {
 
 /* ------------------------------------------------ the output buffer */
 
-/* The C memory of one dumps: the output buffer and two maps from
-** addresses (tables and functions; upvalue ids) to indices, in a
-** userdata box so that an error anywhere leaves them to the collector.
-** The maps are open-addressing hash tables; an object is anchored in a
-** Lua array while it is in a map, so its address stays its own. */
-typedef struct pk_map { const void **keys; lua_Integer *vals; size_t cap, n; } pk_map;
-typedef struct pk_buf { unsigned char *p; size_t n, cap; pk_map memo, upv; } pk_buf;
+#define PK_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define PK_LIKELY(x) __builtin_expect(!!(x), 1)
+#define PK_NOPOS SIZE_MAX     /* tag position of a memo entry never patched */
+#define PK_KEEP_BYTES ((size_t)1 << 20)   /* a cached buffer keeps this much */
+#define PK_KEEP_SLOTS ((size_t)1 << 16)
+
+/* The C memory of a dumps: the output buffer, two maps from addresses
+** (tables and functions; upvalue ids) to indices, and the offset of
+** each memo entry's tag (patched to T_SHARED when a REF to it is
+** written), in a userdata box so that an error anywhere leaves them to
+** the collector.  A box is cached in the registry between calls, so
+** that a dumps mostly finds its memory already there.
+** The maps are open-addressing hash tables with a log of the slots in
+** use, so that emptying one costs what was put in it. */
+typedef struct pk_slot { const void *key; lua_Integer val; } pk_slot;
+typedef struct pk_map { pk_slot *slots; size_t *used; size_t cap, n; } pk_map;
+typedef struct pk_buf {
+  unsigned char *p;
+  size_t n, cap;
+  pk_map memo, upv;
+  size_t *tagpos;      /* memo index -> offset of its tag, or PK_NOPOS */
+  size_t poscap;
+} pk_buf;
+
+static char buf_cache;   /* registry key (its address) of the cached box */
 
 static void map_free(pk_map *m) {
-  free(m->keys);
-  free(m->vals);
+  free(m->slots);
+  free(m->used);
   memset(m, 0, sizeof *m);
+}
+
+static void map_clear(pk_map *m) {
+  if (m->cap > PK_KEEP_SLOTS) { map_free(m); return; }
+  for (size_t i = 0; i < m->n; i++) m->slots[m->used[i]].key = NULL;
+  m->n = 0;
 }
 
 static int buf_gc(lua_State *L) {
   pk_buf *b = (pk_buf *)luaL_checkudata(L, 1, BUF_MT);
   free(b->p);
-  b->p = NULL;
-  b->n = b->cap = 0;
+  free(b->tagpos);
   map_free(&b->memo);
   map_free(&b->upv);
+  memset(b, 0, sizeof *b);
   return 0;
 }
 
-static pk_buf *buf_new(lua_State *L) {
+/* Empties a box for the next dumps, freeing what is too big to keep. */
+static void buf_reset(pk_buf *b) {
+  b->n = 0;
+  if (b->cap > PK_KEEP_BYTES) { free(b->p); b->p = NULL; b->cap = 0; }
+  if (b->poscap > PK_KEEP_SLOTS) { free(b->tagpos); b->tagpos = NULL; b->poscap = 0; }
+  map_clear(&b->memo);
+  map_clear(&b->upv);
+}
+
+/* Pushes a box: the cached one, taken out of the registry while it is
+** in use (a dumps inside a __reduce__ makes its own; an error drops it,
+** so a half-used box is never reused), or a new one. */
+static pk_buf *buf_take(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &buf_cache) == LUA_TUSERDATA) {
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &buf_cache);
+    return (pk_buf *)lua_touserdata(L, -1);
+  }
+  lua_pop(L, 1);
   pk_buf *b = (pk_buf *)lua_newuserdatauv(L, sizeof(pk_buf), 0);
   memset(b, 0, sizeof *b);
   if (luaL_newmetatable(L, BUF_MT)) {
@@ -191,10 +237,17 @@ static pk_buf *buf_new(lua_State *L) {
   return b;
 }
 
+/* Empties the box at idx and caches it for the next dumps. */
+static void buf_give_back(lua_State *L, int idx) {
+  buf_reset((pk_buf *)lua_touserdata(L, idx));
+  lua_pushvalue(L, idx);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &buf_cache);
+}
+
 /* Makes room for 'extra' more bytes; returns 0 when out of memory. */
 static int buf_grow(pk_buf *b, size_t extra) {
   if (extra > SIZE_MAX / 2 - b->n) return 0;
-  size_t need = b->n + extra, cap = b->cap ? b->cap : 256;
+  size_t need = b->n + extra, cap = b->cap ? b->cap : 1024;
   while (cap < need) cap *= 2;
   unsigned char *p = (unsigned char *)realloc(b->p, cap);
   if (p == NULL) return 0;
@@ -205,66 +258,109 @@ static int buf_grow(pk_buf *b, size_t extra) {
 
 static size_t map_slot(const pk_map *m, const void *k) {
   uint64_t h = (uint64_t)(uintptr_t)k * 0x9E3779B97F4A7C15ULL;
-  size_t i = (size_t)(h >> 20) & (m->cap - 1);
-  while (m->keys[i] != NULL && m->keys[i] != k) i = (i + 1) & (m->cap - 1);
+  size_t i = (size_t)(h >> 32) & (m->cap - 1);
+  while (m->slots[i].key != NULL && m->slots[i].key != k) i = (i + 1) & (m->cap - 1);
   return i;
 }
 
-/* The value of key k, -1 if absent. */
-static lua_Integer map_get(const pk_map *m, const void *k) {
-  if (m->n == 0) return -1;
+/* The value of key k, -1 if absent; *slot gets where k is or would go
+** (valid for map_put until the map changes). */
+static lua_Integer map_find(const pk_map *m, const void *k, size_t *slot) {
+  if (m->cap == 0) { *slot = 0; return -1; }
   size_t i = map_slot(m, k);
-  return m->keys[i] ? m->vals[i] : -1;
+  *slot = i;
+  return m->slots[i].key ? m->slots[i].val : -1;
 }
 
-/* Sets k to v; returns 0 when out of memory. */
-static int map_set(pk_map *m, const void *k, lua_Integer v) {
-  if (2 * (m->n + 1) > m->cap) {   /* keep the load under 1/2 */
-    pk_map big;
-    big.cap = m->cap ? 2 * m->cap : 64;
-    big.n = m->n;
-    big.keys = (const void **)calloc(big.cap, sizeof *big.keys);
-    big.vals = (lua_Integer *)malloc(big.cap * sizeof *big.vals);
-    if (big.keys == NULL || big.vals == NULL) { map_free(&big); return 0; }
-    for (size_t i = 0; i < m->cap; i++) {
-      if (m->keys[i] == NULL) continue;
-      size_t j = map_slot(&big, m->keys[i]);
-      big.keys[j] = m->keys[i];
-      big.vals[j] = m->vals[i];
-    }
-    map_free(m);
-    *m = big;
+/* Doubles the capacity; returns 0 when out of memory. */
+static int map_grow(pk_map *m) {
+  pk_map big;
+  big.cap = m->cap ? 2 * m->cap : 64;
+  big.n = m->n;
+  big.slots = (pk_slot *)calloc(big.cap, sizeof *big.slots);
+  big.used = (size_t *)malloc(big.cap / 2 * sizeof *big.used);
+  if (big.slots == NULL || big.used == NULL) { map_free(&big); return 0; }
+  for (size_t i = 0; i < m->n; i++) {
+    const pk_slot *s = &m->slots[m->used[i]];
+    size_t j = map_slot(&big, s->key);
+    big.slots[j] = *s;
+    big.used[i] = j;
   }
-  size_t i = map_slot(m, k);
-  if (m->keys[i] == NULL) { m->keys[i] = k; m->n++; }
-  m->vals[i] = v;
+  map_free(m);
+  *m = big;
+  return 1;
+}
+
+/* Sets k to v, k being absent with 'slot' from map_find; returns 0
+** when out of memory. */
+static int map_put(pk_map *m, size_t slot, const void *k, lua_Integer v) {
+  if (2 * (m->n + 1) > m->cap) {   /* keep the load under 1/2 */
+    if (!map_grow(m)) return 0;
+    slot = map_slot(m, k);
+  }
+  m->slots[slot].key = k;
+  m->slots[slot].val = v;
+  m->used[m->n++] = slot;
+  return 1;
+}
+
+/* Sets k to v, whether k is there or not. */
+static int map_set(pk_map *m, const void *k, lua_Integer v) {
+  size_t slot;
+  if (map_find(m, k, &slot) < 0) return map_put(m, slot, k, v);
+  m->slots[slot].val = v;
   return 1;
 }
 
 /* ------------------------------------------------------------ dumps */
 
+/* A dumps first runs in fast mode, where no Lua code runs and nothing
+** is allocated from Lua, so no object can die and give its address to
+** another: the memo needs no anchor.  Meeting what would run code (a
+** __reduce__, a C function not named yet, an __index function on a
+** class chain) it stops and starts over in safe mode, which anchors
+** every memo entry in a Lua array. */
 typedef struct pk_enc {
   lua_State *L;
   pk_buf *b;           /* memo: object -> index (0: being reduced) */
-  int anchor;          /* slot: array of the objects in b->memo */
+  int anchor;          /* slot: array of the objects in b->memo (safe mode) */
   int is_class;        /* slot: the prelude's is_class (or false) */
+  int consts;          /* slot: the key strings below (or nil) */
   const void *globals; /* the global table */
   lua_Integer nmemo, nupv;
   int depth;
   int code;            /* holds code: the pickle gets a MAC */
+  int safe;            /* safe mode */
+  int restart;         /* fast mode met code: start over in safe mode */
   const char *inst;    /* class name of the innermost instance */
 } pk_enc;
 
+/* Keys looked up on classes, made once (a string pushed from C may
+** start a collection step, which fast mode must not) */
+enum { K_NAME = 1, K_INDEX, K_REDUCE, K_N = K_REDUCE };
+static const char *const pk_consts[] = {NULL, "__name__", "__index", "__reduce__"};
+static char consts_key;
+
 static void enc_value(pk_enc *e, int idx, int direct);
 
-static unsigned char *w_room(pk_enc *e, size_t n) {
+/* Stops fast mode (returns 1 then); in safe mode, returns 0. */
+static int need_safe(pk_enc *e) {
+  if (e->safe) return 0;
+  e->restart = 1;
+  return 1;
+}
+
+static void w_grow(pk_enc *e, size_t n) {
+  if (!buf_grow(e->b, n)) mt_raise(e->L, "MemoryError", "pickle.dumps: out of memory");
+}
+
+static inline unsigned char *w_room(pk_enc *e, size_t n) {
   pk_buf *b = e->b;
-  if (b->cap - b->n < n && !buf_grow(b, n))
-    mt_raise(e->L, "MemoryError", "pickle.dumps: out of memory");
+  if (PK_UNLIKELY(b->cap - b->n < n)) w_grow(e, n);
   return b->p + b->n;
 }
 
-static void w_byte(pk_enc *e, int c) {
+static inline void w_byte(pk_enc *e, int c) {
   *w_room(e, 1) = (unsigned char)c;
   e->b->n++;
 }
@@ -274,7 +370,7 @@ static void w_bytes(pk_enc *e, const void *s, size_t len) {
   e->b->n += len;
 }
 
-static int varint_put(unsigned char *p, uint64_t v) {
+static inline int varint_put(unsigned char *p, uint64_t v) {
   int n = 0;
   while (v >= 0x80) { p[n++] = (unsigned char)(v | 0x80); v >>= 7; }
   p[n++] = (unsigned char)v;
@@ -285,8 +381,16 @@ static void w_varint(pk_enc *e, uint64_t v) {
   e->b->n += varint_put(w_room(e, 10), v);
 }
 
-/* Writes a varint at 'pos', shifting what follows it. */
-static void w_varint_at(pk_enc *e, size_t pos, uint64_t v) {
+/* Memo entries after 'from' whose tags lie after 'at' moved by delta. */
+static void shift_tags(pk_enc *e, lua_Integer from, size_t at, size_t delta) {
+  size_t *tp = e->b->tagpos;
+  for (lua_Integer k = from + 1; k <= e->nmemo; k++)
+    if (tp[k] != PK_NOPOS && tp[k] > at) tp[k] += delta;
+}
+
+/* Writes a varint at 'pos', shifting what follows it (whose tags, memo
+** entries after 'from', move along). */
+static void w_varint_at(pk_enc *e, size_t pos, uint64_t v, lua_Integer from) {
   unsigned char tmp[10];
   int n = varint_put(tmp, v);
   w_room(e, (size_t)n);
@@ -294,11 +398,12 @@ static void w_varint_at(pk_enc *e, size_t pos, uint64_t v) {
   memmove(b->p + pos + n, b->p + pos, b->n - pos);
   memcpy(b->p + pos, tmp, (size_t)n);
   b->n += (size_t)n;
+  shift_tags(e, from, pos, (size_t)n);
 }
 
 /* The scalar encodings write into p (room for 10 + 8 bytes) and return
 ** the length, so that dumps of a scalar needs no buffer at all. */
-static int put_int(unsigned char *p, lua_Integer i) {
+static inline int put_int(unsigned char *p, lua_Integer i) {
   if (i >= 0 && i < 128) { p[0] = (unsigned char)(T_SINT | i); return 1; }
   uint64_t u = (uint64_t)i;
   uint64_t zz = (u << 1) ^ (i < 0 ? ~(uint64_t)0 : 0);
@@ -306,7 +411,7 @@ static int put_int(unsigned char *p, lua_Integer i) {
   return 1 + varint_put(p + 1, zz);
 }
 
-static int put_float(unsigned char *p, lua_Number d) {
+static inline int put_float(unsigned char *p, lua_Number d) {
   uint64_t bits;
   double x = (double)d;
   memcpy(&bits, &x, sizeof bits);
@@ -315,15 +420,19 @@ static int put_float(unsigned char *p, lua_Number d) {
   return 9;
 }
 
-static int put_strhead(unsigned char *p, size_t len) {
+static inline int put_strhead(unsigned char *p, size_t len) {
   if (len < 32) { p[0] = (unsigned char)(T_SSTR | len); return 1; }
   p[0] = T_STR;
   return 1 + varint_put(p + 1, len);
 }
 
-static void w_str(pk_enc *e, const char *s, size_t len) {
-  e->b->n += put_strhead(w_room(e, 12), len);
-  w_bytes(e, s, len);
+/* A string: head and bytes with one room check. */
+static inline void w_str(pk_enc *e, const char *s, size_t len) {
+  if (PK_UNLIKELY(len > SIZE_MAX / 2)) w_grow(e, SIZE_MAX);
+  unsigned char *p = w_room(e, len + 11);
+  int h = put_strhead(p, len);
+  memcpy(p + h, s, len);
+  e->b->n += (size_t)h + len;
 }
 
 /* A raw name: varint length + bytes. */
@@ -363,37 +472,73 @@ static void enc_enter(pk_enc *e) {
   if ((e->depth & 7) == 1) luaL_checkstack(e->L, 64, "pickle.dumps");
 }
 
-/* The memo index of the object at idx, -1 if not seen yet. */
-static lua_Integer memo_get(pk_enc *e, int idx) {
-  return map_get(&e->b->memo, lua_topointer(e->L, idx));
+static void enc_nomem(pk_enc *e) {
+  mt_raise(e->L, "MemoryError", "pickle.dumps: out of memory");
 }
 
-static void memo_set(pk_enc *e, int idx, lua_Integer v) {
+/* Records the tag offset of memo entry m. */
+static void tagpos_set(pk_enc *e, lua_Integer m, size_t tagpos) {
+  pk_buf *b = e->b;
+  if (PK_UNLIKELY((size_t)m >= b->poscap)) {
+    size_t cap = b->poscap ? 2 * b->poscap : 64;
+    size_t *tp = (size_t *)realloc(b->tagpos, cap * sizeof *tp);
+    if (tp == NULL) enc_nomem(e);
+    b->tagpos = tp;
+    b->poscap = cap;
+  }
+  b->tagpos[m] = tagpos;
+}
+
+/* Anchors the object at idx as memo entry m (safe mode). */
+static void anchor(pk_enc *e, int idx, lua_Integer m) {
   lua_State *L = e->L;
-  if (!map_set(&e->b->memo, lua_topointer(L, idx), v))
-    mt_raise(L, "MemoryError", "pickle.dumps: out of memory");
-  if (v == 0) return;   /* anchored when its index comes */
   if (lua_isnil(L, e->anchor)) {
     lua_createtable(L, 16, 0);
     lua_replace(L, e->anchor);
   }
   lua_pushvalue(L, idx);
-  lua_rawseti(L, e->anchor, v);
+  lua_rawseti(L, e->anchor, m);
 }
 
-static void memo_add(pk_enc *e, int idx) {
-  memo_set(e, idx, ++e->nmemo);
+/* Gives the object at idx (address ptr, absent from the memo, 'slot'
+** from map_find) the next memo index, its tag being at tagpos
+** (PK_NOPOS: not a table, never marked shared); returns the index. */
+static lua_Integer memo_put(pk_enc *e, int idx, const void *ptr, size_t slot, size_t tagpos) {
+  lua_Integer m = ++e->nmemo;
+  if (!map_put(&e->b->memo, slot, ptr, m)) enc_nomem(e);
+  tagpos_set(e, m, tagpos);
+  if (e->safe) anchor(e, idx, m);
+  return m;
 }
 
-/* Writes a REF if the object was seen; returns 1 then. */
-static int enc_ref(pk_enc *e, int idx) {
-  lua_Integer m = memo_get(e, idx);
-  if (m < 0) return 0;
+/* The memo index of the object at idx, -1 if not seen yet. */
+static inline lua_Integer memo_get(pk_enc *e, int idx) {
+  size_t slot;
+  return map_find(&e->b->memo, lua_topointer(e->L, idx), &slot);
+}
+
+/* Gives the object at idx the next memo index: entered with index 0
+** while its __reduce__ ran (safe mode), or new. */
+static lua_Integer memo_add(pk_enc *e, int idx, size_t tagpos) {
+  const void *ptr = lua_topointer(e->L, idx);
+  size_t slot;
+  if (map_find(&e->b->memo, ptr, &slot) < 0) return memo_put(e, idx, ptr, slot, tagpos);
+  lua_Integer m = ++e->nmemo;
+  e->b->memo.slots[slot].val = m;
+  tagpos_set(e, m, tagpos);
+  anchor(e, idx, m);
+  return m;
+}
+
+/* Writes a REF to memo entry m, marking its tag shared. */
+static void enc_ref(pk_enc *e, lua_Integer m) {
   if (m == 0)
     mt_raise(e->L, "ValueError", "pickle.dumps: an object refers to itself through __reduce__");
-  w_byte(e, T_REF);
-  w_varint(e, (uint64_t)m);
-  return 1;
+  size_t pos = e->b->tagpos[m];
+  if (pos != PK_NOPOS) e->b->p[pos] |= T_SHARED;
+  unsigned char *p = w_room(e, 11);
+  p[0] = T_REF;
+  e->b->n += 1 + (size_t)varint_put(p + 1, (uint64_t)m);
 }
 
 /* Is the table at idx a class made by class()? */
@@ -416,18 +561,67 @@ static int is_class(pk_enc *e, int idx) {
   return r;
 }
 
-/* Pushes the class __name__ of class table idx; raises if it has none. */
+/* Fetches the key strings into their slot; returns 0 (fast mode
+** stopped) when they must be made first. */
+static int get_consts(pk_enc *e) {
+  lua_State *L = e->L;
+  if (!lua_isnil(L, e->consts)) return 1;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &consts_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (need_safe(e)) return 0;
+    lua_createtable(L, K_N, 0);
+    for (int i = 1; i <= K_N; i++) {
+      lua_pushstring(L, pk_consts[i]);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &consts_key);
+  }
+  lua_replace(L, e->consts);
+  return 1;
+}
+
+/* Pushes the class __name__ of class table idx; raises if it has none.
+** (get_consts done) */
 static const char *class_name(pk_enc *e, int idx, size_t *len) {
   lua_State *L = e->L;
-  lua_pushliteral(L, "__name__");
+  lua_rawgeti(L, e->consts, K_NAME);
   if (lua_rawget(L, idx) != LUA_TSTRING)
     mt_raise(L, "TypeError", "cannot pickle a class without a string __name__");
   return lua_tolstring(L, -1, len);
 }
 
+/* Pushes cls.__reduce__ as indexing finds it, reading rawly along the
+** __index chain of tables that classes have; returns 0, pushing
+** nothing, when the chain runs through a function (fast mode stopped;
+** safe mode calls it).  (get_consts done) */
+static int class_reduce(pk_enc *e, int cls) {
+  lua_State *L = e->L;
+  lua_pushvalue(L, cls);
+  for (int hops = 0; hops < 100; hops++) {   /* 100: as Lua's loop limit, smaller */
+    int t = lua_gettop(L);
+    lua_rawgeti(L, e->consts, K_REDUCE);
+    if (lua_rawget(L, t) != LUA_TNIL || !lua_getmetatable(L, t)) {
+      lua_remove(L, t);
+      return 1;   /* found, or nil at the end of the chain */
+    }
+    lua_rawgeti(L, e->consts, K_INDEX);
+    int kind = lua_rawget(L, -2);
+    lua_replace(L, t);
+    lua_settop(L, t);
+    if (kind == LUA_TNIL) return 1;
+    if (kind != LUA_TTABLE) break;
+  }
+  lua_pop(L, 1);
+  if (need_safe(e)) return 0;
+  lua_getfield(L, cls, "__reduce__");
+  return 1;
+}
+
 /* Writes the varint v over the byte reserved at pos, making room when
-** it needs more than that byte. */
-static void w_patch(pk_enc *e, size_t pos, uint64_t v) {
+** it needs more than that byte (the tags of memo entries after 'from'
+** move along). */
+static void w_patch(pk_enc *e, size_t pos, uint64_t v, lua_Integer from) {
   if (v < 0x80) { e->b->p[pos] = (unsigned char)v; return; }
   unsigned char tmp[10];
   int n = varint_put(tmp, v);
@@ -436,17 +630,20 @@ static void w_patch(pk_enc *e, size_t pos, uint64_t v) {
   memmove(b->p + pos + n, b->p + pos + 1, b->n - pos - 1);
   memcpy(b->p + pos, tmp, (size_t)n);
   b->n += (size_t)n - 1;
+  shift_tags(e, from, pos, (size_t)n - 1);
 }
 
 /* One traversal: Lua's next() gives the array part first, in order, so
 ** the keys 1, 2, ... it starts with are the array; the rest are pairs.
-** (A hole, or integer keys living in the hash part, just make pairs.) */
-static void enc_body(pk_enc *e, int t) {
+** (A hole, or integer keys living in the hash part, just make pairs.)
+** m is the table's memo index. */
+static void enc_body(pk_enc *e, int t, lua_Integer m) {
   lua_State *L = e->L;
   uint64_t narr = 0, nhash = 0;
   size_t pos = e->b->n;
-  w_byte(e, 0);   /* narr, nhash: patched at the end */
-  w_byte(e, 0);
+  unsigned char *p = w_room(e, 2);   /* narr, nhash: patched at the end */
+  p[0] = p[1] = 0;
+  e->b->n += 2;
   lua_pushnil(L);
   int top = lua_gettop(L) + 1;   /* the value; the key is below it */
   while (lua_next(L, t)) {
@@ -456,19 +653,23 @@ static void enc_body(pk_enc *e, int t) {
       narr++;
     } else {
       enc_value(e, top - 1, 1);
+      if (PK_UNLIKELY(e->restart)) return;
       enc_value(e, top, 1);
       nhash++;
     }
-    lua_pop(L, 1);
+    if (PK_UNLIKELY(e->restart)) return;
+    lua_settop(L, top - 1);
   }
-  w_patch(e, pos + 1, nhash);   /* the later one first: pos stays valid */
-  w_patch(e, pos, narr);
+  w_patch(e, pos + 1, nhash, m);   /* the later one first: pos stays valid */
+  w_patch(e, pos, narr, m);
 }
 
-/* A class instance whose class has __reduce__: func, args = obj:__reduce__() */
+/* A class instance whose class has __reduce__: func, args = obj:__reduce__()
+** (safe mode) */
 static void enc_reduce(pk_enc *e, int obj, int fn) {
   lua_State *L = e->L;
-  memo_set(e, obj, 0);   /* a cycle back to obj is an error, not a loop */
+  if (!map_set(&e->b->memo, lua_topointer(L, obj), 0))   /* a cycle back to obj is an error, not a loop */
+    enc_nomem(e);
   lua_pushvalue(L, fn);
   lua_pushvalue(L, obj);
   lua_call(L, 1, 2);
@@ -481,24 +682,25 @@ static void enc_reduce(pk_enc *e, int obj, int fn) {
   enc_value(e, args - 1, 0);
   enc_value(e, args, 0);
   lua_pop(L, 2);
-  memo_add(e, obj);
+  memo_add(e, obj, PK_NOPOS);
 }
 
 /* The instance at t has the class mt (at t + 1). */
 static void enc_instance(pk_enc *e, int t, int mt) {
   lua_State *L = e->L;
+  if (!get_consts(e) || !class_reduce(e, mt)) return;
   const char *saved = e->inst;
   size_t len;
   const char *name = class_name(e, mt, &len);   /* stays on the stack */
   e->inst = name;
-  lua_getfield(L, mt, "__reduce__");
-  if (!lua_isnil(L, -1)) {
-    enc_reduce(e, t, lua_gettop(L));
+  if (!lua_isnil(L, -2)) {
+    if (need_safe(e)) return;
+    enc_reduce(e, t, lua_gettop(L) - 1);
   } else {
+    size_t pos = e->b->n;
     w_byte(e, T_INST);
     w_name(e, name, len);
-    memo_add(e, t);
-    enc_body(e, t);
+    enc_body(e, t, memo_add(e, t, pos));
   }
   lua_pop(L, 2);
   e->inst = saved;
@@ -506,29 +708,38 @@ static void enc_instance(pk_enc *e, int t, int mt) {
 
 static void enc_table(pk_enc *e, int t) {
   lua_State *L = e->L;
-  if (lua_topointer(L, t) == e->globals) {
+  const void *ptr = lua_topointer(L, t);
+  if (ptr == e->globals) {
     w_byte(e, T_GLOBALS);
     return;
   }
-  if (enc_ref(e, t)) return;
+  size_t slot;
+  lua_Integer m = map_find(&e->b->memo, ptr, &slot);
+  if (m >= 0) {
+    enc_ref(e, m);
+    return;
+  }
   enc_enter(e);
   if (!lua_getmetatable(L, t)) {   /* classes have one: no lookup here */
+    size_t pos = e->b->n;
     w_byte(e, T_TABLE);
-    memo_add(e, t);
-    enc_body(e, t);
+    enc_body(e, t, memo_put(e, t, ptr, slot, pos));
   } else if (is_class(e, t)) {
     size_t len;
+    if (!get_consts(e)) return;
     const char *name = class_name(e, t, &len);
     w_byte(e, T_CLASS);
     w_name(e, name, len);
     lua_pop(L, 2);
   } else if (is_class(e, lua_gettop(L))) {
     enc_instance(e, t, lua_gettop(L));
+    if (e->restart) return;
     lua_pop(L, 1);
   } else {   /* a plain metatable travels with the table */
+    size_t pos = e->b->n;
     w_byte(e, T_MTABLE);
-    memo_add(e, t);
-    enc_body(e, t);
+    enc_body(e, t, memo_add(e, t, pos));
+    if (e->restart) return;
     enc_value(e, lua_gettop(L), 0);
     lua_pop(L, 1);
   }
@@ -545,13 +756,15 @@ static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
 
 /* Looks the C function at idx up in the name map; pushes its name or
 ** nil.  The map (function -> "module\0field[\0field]") is built from
-** package.loaded at first need and again on a miss. */
-static int cname_lookup(lua_State *L, int idx);
+** package.loaded at first need and again on a miss (safe mode only:
+** 'build' 0 never builds it). */
+static int cname_lookup(lua_State *L, int idx, int build);
 
 static void enc_cfunction(pk_enc *e, int f, int direct) {
   lua_State *L = e->L;
-  if (!cname_lookup(L, f)) {
+  if (!cname_lookup(L, f, e->safe)) {
     lua_pop(L, 1);
+    if (need_safe(e)) return;
     enc_refuse(e, f, direct, lua_getupvalue(L, f, 1) ? " (a C closure with upvalues)"
                                                       : " (a C function not found in any loaded module)");
   }
@@ -570,19 +783,20 @@ static void enc_upvalues(pk_enc *e, int f) {
   lua_getinfo(L, ">u", &ar);
   w_varint(e, ar.nups);
   for (int i = 1; i <= ar.nups; i++) {
-    /* an upvalue lives as long as a closure of the (anchored) memo has it */
+    /* an upvalue lives as long as a closure of the memo has it */
     const void *id = lua_upvalueid(L, f, i);
-    lua_Integer k = map_get(&e->b->upv, id);
+    size_t slot;
+    lua_Integer k = map_find(&e->b->upv, id, &slot);
     if (k > 0) {   /* shared with an earlier closure */
       w_byte(e, 1);
       w_varint(e, (uint64_t)k);
       continue;
     }
-    if (!map_set(&e->b->upv, id, ++e->nupv))
-      mt_raise(L, "MemoryError", "pickle.dumps: out of memory");
+    if (!map_put(&e->b->upv, slot, id, ++e->nupv)) enc_nomem(e);
     w_byte(e, 0);
     lua_getupvalue(L, f, i);
     enc_value(e, lua_gettop(L), 0);
+    if (e->restart) return;
     lua_pop(L, 1);
   }
 }
@@ -590,45 +804,48 @@ static void enc_upvalues(pk_enc *e, int f) {
 static void enc_function(pk_enc *e, int f, int direct) {
   lua_State *L = e->L;
   if (lua_iscfunction(L, f)) { enc_cfunction(e, f, direct); return; }
-  if (enc_ref(e, f)) return;
+  lua_Integer m = memo_get(e, f);
+  if (m >= 0) { enc_ref(e, m); return; }
   enc_enter(e);
   w_byte(e, T_LFUNC);
   e->code = 1;
-  memo_add(e, f);
+  m = memo_add(e, f, PK_NOPOS);
   size_t pos = e->b->n;
   lua_pushvalue(L, f);
   int st = lua_dump(L, dump_writer, e->b, 0);   /* keep debug info: tracebacks */
   lua_pop(L, 1);
-  if (st != 0) mt_raise(L, "MemoryError", "pickle.dumps: out of memory");
-  w_varint_at(e, pos, (uint64_t)(e->b->n - pos));
+  if (st != 0) enc_nomem(e);
+  w_varint_at(e, pos, (uint64_t)(e->b->n - pos), m);
   enc_upvalues(e, f);
   e->depth--;
 }
 
 static void enc_value(pk_enc *e, int idx, int direct) {
   lua_State *L = e->L;
-  unsigned char *p;
   switch (lua_type(L, idx)) {
-    case LUA_TNIL: w_byte(e, T_NIL); break;
-    case LUA_TBOOLEAN: w_byte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE); break;
-    case LUA_TNUMBER:
-      p = w_room(e, 10);
-      e->b->n += lua_isinteger(L, idx) ? put_int(p, lua_tointeger(L, idx))
-                                       : put_float(p, lua_tonumber(L, idx));
-      break;
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
       w_str(e, s, len);
       break;
     }
+    case LUA_TNUMBER: {
+      unsigned char *p = w_room(e, 10);
+      e->b->n += lua_isinteger(L, idx) ? put_int(p, lua_tointeger(L, idx))
+                                       : put_float(p, lua_tonumber(L, idx));
+      break;
+    }
     case LUA_TTABLE: enc_table(e, idx); break;
+    case LUA_TBOOLEAN: w_byte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE); break;
+    case LUA_TNIL: w_byte(e, T_NIL); break;
     case LUA_TFUNCTION: enc_function(e, idx, direct); break;
     default: enc_refuse(e, idx, direct, "");
   }
 }
 
-/* A scalar needs neither buffer nor memo: the queue's fast path. */
+/* A scalar needs neither buffer nor memo: the queue's fast path.  A
+** string is its head and bytes joined by lua_concat, which copies both
+** once into the new string. */
 static int dumps_scalar(lua_State *L, int idx) {
   unsigned char tmp[24];
   int n = 1;
@@ -640,21 +857,30 @@ static int dumps_scalar(lua_State *L, int idx) {
       n += lua_isinteger(L, idx) ? put_int(tmp + 1, lua_tointeger(L, idx))
                                  : put_float(tmp + 1, lua_tonumber(L, idx));
       break;
-    case LUA_TSTRING: {
-      size_t len;
-      const char *s = lua_tolstring(L, idx, &len);
-      luaL_Buffer b;
-      n += put_strhead(tmp + 1, len);
-      char *out = luaL_buffinitsize(L, &b, (size_t)n + len);
-      memcpy(out, tmp, (size_t)n);
-      memcpy(out + n, s, len);
-      luaL_pushresultsize(&b, (size_t)n + len);
+    case LUA_TSTRING:
+      n += put_strhead(tmp + 1, lua_rawlen(L, idx));
+      lua_pushlstring(L, (const char *)tmp, (size_t)n);
+      lua_pushvalue(L, idx);
+      lua_concat(L, 2);
       return 1;
-    }
     default: return 0;
   }
   lua_pushlstring(L, (const char *)tmp, (size_t)n);
   return 1;
+}
+
+/* Encodes the value at idx after the version byte; returns 0 when fast
+** mode stopped. */
+static int enc_run(pk_enc *e, int idx) {
+  e->nmemo = e->nupv = 0;
+  e->depth = 0;
+  e->code = 0;
+  e->restart = 0;
+  e->inst = NULL;
+  e->b->n = 0;
+  w_byte(e, PK_MAGIC_DATA);
+  enc_value(e, idx, 0);
+  return !e->restart;
 }
 
 void pk_dumps(lua_State *L, int idx) {
@@ -664,29 +890,29 @@ void pk_dumps(lua_State *L, int idx) {
   int base = lua_gettop(L) + 1;
   pk_enc e;
   e.L = L;
-  e.b = buf_new(L);            /* base */
+  e.b = buf_take(L);           /* base */
   lua_pushnil(L); e.anchor = base + 1;
   lua_pushnil(L); e.is_class = base + 2;
+  lua_pushnil(L); e.consts = base + 3;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = lua_topointer(L, -1);
   lua_pop(L, 1);
-  e.nmemo = e.nupv = 0;
-  e.depth = 0;
-  e.code = 0;
-  e.inst = NULL;
-  w_byte(&e, PK_MAGIC_DATA);
-  enc_value(&e, idx, 0);
+  e.safe = 0;
+  if (!enc_run(&e, idx)) {
+    lua_settop(L, base + 3);
+    buf_reset(e.b);
+    e.safe = 1;
+    enc_run(&e, idx);
+  }
   if (e.code) {   /* code inside: sign the whole pickle */
     e.b->p[0] = PK_MAGIC_CODE;
     put64le(w_room(&e, PK_MACLEN), siphash24(pk_key, e.b->p, e.b->n));
     e.b->n += PK_MACLEN;
   }
-  lua_pushlstring(L, (const char *)e.b->p, e.b->n);
-  lua_pushcfunction(L, buf_gc);   /* free now, not at the next collection */
-  lua_pushvalue(L, base);
-  lua_call(L, 1, 0);
-  lua_replace(L, base);
   lua_settop(L, base);
+  lua_pushlstring(L, (const char *)e.b->p, e.b->n);
+  buf_give_back(L, base);
+  lua_replace(L, base);
 }
 
 /* ---------------------------------------------------- C function names */
@@ -776,9 +1002,9 @@ static int cname_get(lua_State *L, int f) {
   return lua_type(L, -1) == LUA_TSTRING;
 }
 
-static int cname_lookup(lua_State *L, int f) {
+static int cname_lookup(lua_State *L, int f, int build) {
   f = lua_absindex(L, f);
-  if (cname_get(L, f)) return 1;
+  if (cname_get(L, f) || !build) return lua_type(L, -1) == LUA_TSTRING;
   lua_pop(L, 1);
   cname_build(L);
   return cname_get(L, f);
@@ -815,12 +1041,12 @@ static int dec_error(pk_dec *d, const char *fmt, ...) {
   return mt_raise(L, "pickle.UnpicklingError", "pickle.loads: %s", msg);
 }
 
-static int r_byte(pk_dec *d) {
-  if (d->p >= d->end) dec_error(d, "truncated data");
+static inline int r_byte(pk_dec *d) {
+  if (PK_UNLIKELY(d->p >= d->end)) dec_error(d, "truncated data");
   return *d->p++;
 }
 
-static uint64_t r_varint(pk_dec *d) {
+static uint64_t r_varint_long(pk_dec *d) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     int c = r_byte(d);
@@ -832,8 +1058,13 @@ static uint64_t r_varint(pk_dec *d) {
   return 0;
 }
 
-static const unsigned char *r_bytes(pk_dec *d, uint64_t n) {
-  if (n > (uint64_t)(d->end - d->p)) dec_error(d, "truncated data");
+static inline uint64_t r_varint(pk_dec *d) {   /* most fit in a byte */
+  if (PK_LIKELY(d->p < d->end && *d->p < 0x80)) return *d->p++;
+  return r_varint_long(d);
+}
+
+static inline const unsigned char *r_bytes(pk_dec *d, uint64_t n) {
+  if (PK_UNLIKELY(n > (uint64_t)(d->end - d->p))) dec_error(d, "truncated data");
   const unsigned char *s = d->p;
   d->p += n;
   return s;
@@ -848,14 +1079,18 @@ static void dec_enter(pk_dec *d) {   /* as enc_enter */
   if ((d->depth & 7) == 1) luaL_checkstack(d->L, 64, "pickle.loads");
 }
 
-static void dec_memo_add(pk_dec *d, int idx) {
+/* Gives the object at idx the next memo index; only an object that a
+** REF may name (shared tables, functions, REDUCE results) is stored. */
+static void dec_memo_add(pk_dec *d, int idx, int store) {
   lua_State *L = d->L;
+  d->nmemo++;
+  if (!store) return;
   if (lua_isnil(L, d->memo)) {
     lua_newtable(L);
     lua_replace(L, d->memo);
   }
   lua_pushvalue(L, idx);
-  lua_rawseti(L, d->memo, ++d->nmemo);
+  lua_rawseti(L, d->memo, d->nmemo);
 }
 
 static void need_code(pk_dec *d, const char *what) {
@@ -886,7 +1121,7 @@ static void dec_class(pk_dec *d) {
 
 /* The table body; 'cls' is the slot of an instance's class (0: none).
 ** Leaves the table on the stack. */
-static void dec_body(pk_dec *d, int cls) {
+static void dec_body(pk_dec *d, int cls, int shared) {
   lua_State *L = d->L;
   uint64_t narr = r_varint(d), nhash = r_varint(d);
   /* every element takes at least one byte of input: no huge allocation */
@@ -894,7 +1129,7 @@ static void dec_body(pk_dec *d, int cls) {
     dec_error(d, "table size larger than the data");
   lua_createtable(L, (int)narr, (int)nhash);
   int t = lua_gettop(L);
-  dec_memo_add(d, t);
+  dec_memo_add(d, t, shared);
   if (cls) {
     lua_pushvalue(L, cls);
     lua_setmetatable(L, t);
@@ -915,14 +1150,16 @@ static void dec_body(pk_dec *d, int cls) {
 
 static void dec_table(pk_dec *d, int tag) {
   lua_State *L = d->L;
+  int shared = tag & T_SHARED;
+  tag &= ~T_SHARED;
   dec_enter(d);
   if (tag == T_INST) {
     dec_class(d);
     int cls = lua_gettop(L);
-    dec_body(d, cls);
+    dec_body(d, cls, shared);
     lua_remove(L, cls);
   } else {
-    dec_body(d, 0);
+    dec_body(d, 0, shared);
     if (tag == T_MTABLE) {
       dec_value(d);
       if (!lua_istable(L, -1)) dec_error(d, "metatable is not a table");
@@ -1020,7 +1257,7 @@ static void dec_lfunction(pk_dec *d) {
   fuzz_closure(d, nups);
 #endif
   int f = lua_gettop(L);
-  dec_memo_add(d, f);
+  dec_memo_add(d, f, 1);
   dec_upvalues(d, f, d->nmemo, nups);
   d->depth--;
 }
@@ -1103,7 +1340,7 @@ static void dec_reduce(pk_dec *d) {
   lua_call(L, (int)n, 1);
   lua_replace(L, args - 1);
   lua_settop(L, args - 1);
-  dec_memo_add(d, args - 1);
+  dec_memo_add(d, args - 1, 1);
   d->depth--;
 }
 
@@ -1139,12 +1376,16 @@ static void dec_value(pk_dec *d) {
       lua_pushlstring(L, s, (size_t)len);
       return;
     }
-    case T_TABLE: case T_MTABLE: case T_INST: dec_table(d, tag); return;
+    case T_TABLE: case T_MTABLE: case T_INST:
+    case T_SHARED | T_TABLE: case T_SHARED | T_MTABLE: case T_SHARED | T_INST:
+      dec_table(d, tag);
+      return;
     case T_CLASS: dec_class(d); return;
     case T_REF: {
       uint64_t k = r_varint(d);
-      if (k < 1 || k > (uint64_t)d->nmemo) dec_error(d, "bad reference %d", (int)(k > INT_MAX ? -1 : (int)k));
-      lua_rawgeti(L, d->memo, (lua_Integer)k);
+      if (k < 1 || k > (uint64_t)d->nmemo || !lua_istable(L, d->memo) ||
+          lua_rawgeti(L, d->memo, (lua_Integer)k) == LUA_TNIL)
+        dec_error(d, "bad reference %d", (int)(k > INT_MAX ? -1 : (int)k));
       return;
     }
     case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); return;

@@ -192,6 +192,66 @@ t.raises(function() loads(deep) end, pickle.UnpicklingError, "nesting deeper tha
 local ok1500 = pcall(loads, "\xA1" .. ("\6\1\0"):rep(1500) .. "\0")
 t.ok(ok1500, "loads of 1,500 levels works")
 
+------------------------------------------------------------ memo details
+
+do   -- shared tables inside bodies whose sizes take more than one byte
+  local big = {}
+  for i = 1, 300 do big[i] = {i} end
+  big[301] = big[5]                  -- a REF inside, before the size is known
+  for i = 1, 200 do big["k" .. i] = {k = i} end
+  local r = rt{big, big[150], big.k77, big[5]}
+  t.ok(r[1][150] == r[2] and r[1].k77 == r[3] and r[1][5] == r[4] and r[1][301] == r[4],
+       "shared tables inside a 500-entry table stay shared")
+  t.ok(r[2][1] == 150 and r[3].k == 77 and #r[1] == 301, "... with their contents")
+  local nested = {}
+  for i = 1, 130 do nested[i] = {sub = {i}} end
+  local rn = rt{nested, nested[129].sub, nested[1]}
+  t.ok(rn[1][129].sub == rn[2] and rn[1][1] == rn[3] and rn[2][1] == 129,
+       "shared tables two levels inside a big table")
+end
+
+do   -- a table a REF names in damaged input, but not marked shared
+  t.raises(function() loads("\xA1\6\1\0\10\1") end, pickle.UnpicklingError, "bad reference",
+           "REF to a table not marked shared")
+  local self_ref = loads("\xA1\x26\1\0\10\1")
+  t.ok(self_ref[1] == self_ref, "REF to a table marked shared")
+end
+
+do   -- data first, then something that runs code: dumps starts over, anchoring
+  local Fresh = class("PkFresh")
+  function Fresh:__init__(v) self.v = v end
+  function Fresh:__reduce__()
+    collectgarbage()                  -- earlier temporaries die here
+    return Fresh, {{self.v}}          -- a new table each time
+  end
+  local shared = {s = 1}
+  local list = {shared, shared}
+  for i = 1, 50 do list[#list + 1] = Fresh(i) end
+  list[#list + 1] = print
+  local r = rt(list)
+  local ok = r[1] == r[2] and r[53] == print
+  for i = 1, 50 do ok = ok and getmetatable(r[i + 2]) == Fresh and r[i + 2].v[1] == i end
+  t.ok(ok, "50 __reduce__ results made with collections in between stay distinct")
+  local seen, distinct = {}, true
+  for i = 3, 52 do
+    if seen[r[i].v] then distinct = false end
+    seen[r[i].v] = true
+  end
+  t.ok(distinct, "... none taken for another (their args were anchored)")
+end
+
+do   -- a dumps inside a __reduce__, and a dumps after a failed one
+  local Inner = class("PkInner")
+  function Inner:__init__(p) self.p = p end
+  function Inner:__reduce__() return pickle.loads, {dumps{self.p, {1, 2}}} end
+  local r = rt{Inner("a"), Inner("b")}
+  t.ok(r[1][1] == "a" and r[2][1] == "b" and r[2][2][2] == 2, "pickle.dumps inside __reduce__")
+  t.raises(function() dumps{1, 2, {3, coroutine.create(print)}} end, TypeError, "thread",
+           "a dumps that fails")
+  local after = rt{1, {2, "x"}}
+  t.ok(after[1] == 1 and after[2][2] == "x", "the next dumps is whole")
+end
+
 ------------------------------------------------------------ damaged input
 
 local samples = {
