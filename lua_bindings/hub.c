@@ -27,11 +27,13 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <uv.h>
 
 #include "coroutine.h"
 
 typedef struct hub_timer hub_timer;
+typedef struct hub_fd hub_fd;
 
 typedef struct gl_hub {
   uv_loop_t loop;
@@ -44,11 +46,15 @@ typedef struct gl_hub {
   hub_timer *fired;           /* fired during uv_run (hub thread) */
   int external;               /* greenlets waiting in mt_wait */
   double last_poll;
-  struct gl_hub *next_main;
+  hub_fd **fds;               /* by fd: the polls (see hook_wait_fd) */
+  int nfds;
+  hub_fd *fd_fired;           /* fired during uv_run (hub thread) */
+  hub_fd *zombies;            /* cancelled by another thread, to close */
+  struct gl_hub *next_all;    /* all_hubs, under mains_mutex */
 } gl_hub;
 
 enum { MODE_SWITCH, MODE_THROW };
-enum { T_WAIT, T_SCHED, T_POLL };
+enum { T_WAIT, T_SCHED };
 
 struct hub_timer {
   uv_timer_t h;
@@ -191,10 +197,13 @@ static void queue_wake(gl_hub *h, gl_gr *g) {
   h->wakes_tail = g;
 }
 
+static void process_fd_fired(gl_hub *h);
+
 /* After uv_run, with the GIL: what fired becomes ready.  Oldest first,
 ** so timers keep their order. */
 static void process_fired(lua_State *L, gl_hub *h) {
   hub_timer *list = NULL;
+  if (h->fd_fired != NULL) process_fd_fired(h);
   while (h->fired) {           /* reverse: the list was built LIFO */
     hub_timer *t = h->fired;
     h->fired = t->next_fired;
@@ -210,10 +219,6 @@ static void process_fired(lua_State *L, gl_hub *h) {
         g->wait_result = MT_TIMEDOUT;
         queue_wake(h, g);
       }
-    } else if (t->kind == T_POLL) {
-      gl_gr *g = t->g;
-      if (g->wait_result < 0) g->wait_result = MT_WOKEN;
-      queue_wake(h, g);
     } else if (t->kind == T_SCHED && t->ref != LUA_NOREF) {
       lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
       lua_rawgeti(L, -1, 1);
@@ -229,6 +234,9 @@ static void process_fired(lua_State *L, gl_hub *h) {
 /* ------------------------------------------------------ the loop */
 
 static void async_cb(uv_async_t *a) { (void)a; }
+
+static gl_hub *all_hubs;   /* every thread's hub, under mains_mutex */
+static void sweep_zombies(gl_hub *h);
 
 static gl_hub *hub_get(lua_State *L) {
   gl_ts *ts = gl_ts_get(L);
@@ -247,6 +255,10 @@ static gl_hub *hub_get(lua_State *L) {
   gl_new_hub(L, ts);
   ts->hub = h;
   if (ts->thread != NULL && ts->thread->is_main) set_main_hub(ts->U, h);
+  pthread_mutex_lock(&mains_mutex);
+  h->next_all = all_hubs;
+  all_hubs = h;
+  pthread_mutex_unlock(&mains_mutex);
   return h;
 }
 
@@ -259,6 +271,7 @@ static double now_coarse(void) {
 static void run_loop(gl_hub *h, lua_State *T, uv_run_mode mode) {
   if (h->external > 0) uv_ref((uv_handle_t *)&h->async);
   else uv_unref((uv_handle_t *)&h->async);
+  if (h->zombies != NULL) sweep_zombies(h);
   mt_blocking_begin(T);
   uv_run(&h->loop, mode);
   mt_blocking_end(T);
@@ -390,48 +403,233 @@ static void *hook_owner(lua_State *L) {
   return ts->current;
 }
 
-typedef struct fd_wait {
+/* ------------------------------------------------- fd readiness */
+
+/* One uv_poll per fd, in a table indexed by fd, kept between waits:
+** making and dropping a poll per wait costs epoll_ctl calls that
+** dominate a request/response loop.  Any number of greenlets may wait
+** on one fd, in either direction: the poll watches the union of what
+** they want.  A caller that promises to call greenlet_cancel_fd before
+** closing the fd (MT_FD_KEEP, sockets) lets the poll go on watching
+** for reading while nobody waits; it is narrowed only when an event
+** comes that no waiter wants (epoll is level-triggered: it would come
+** again and again).  Without the promise the poll goes with the last
+** waiter: a closed fd whose number is reused would otherwise stay
+** silently forgotten by epoll while libuv believes it is watched. */
+typedef struct fd_waiter {
+  struct fd_waiter *next;
+  gl_gr *g;
+  int events;
+  int state;
+} fd_waiter;
+
+enum { FW_WAITING, FW_READY, FW_CANCELLED };
+
+struct hub_fd {
   uv_poll_t p;
-  hub_timer rec;   /* the record poll_cb puts on the fired list */
-} fd_wait;
+  gl_hub *h;
+  int fd;
+  int events;              /* what p watches now (0: stopped) */
+  int keep;
+  int revents;             /* fired, not yet processed (hub thread) */
+  fd_waiter *waiters;
+  hub_fd *next_fired, *next_zombie;
+};
+
+#define FD_ONLIST 0x100    /* in revents: on the hub's fd_fired list */
+#define UV_BOTH (UV_READABLE | UV_WRITABLE)
+
+static void fd_free_cb(uv_handle_t *handle) { free(handle->data); }
 
 static void poll_cb(uv_poll_t *p, int status, int events) {   /* no GIL */
-  fd_wait *fw = p->data;
-  (void)status; (void)events;
-  uv_poll_stop(p);
-  if (fw->rec.fired) return;
-  fw->rec.fired = 1;
-  fw->rec.next_fired = fw->rec.hub->fired;
-  fw->rec.hub->fired = &fw->rec;
+  hub_fd *e = p->data;
+  if (status < 0) events = UV_BOTH;    /* the retried call reports it */
+  if (!(e->revents & FD_ONLIST)) {
+    e->next_fired = e->h->fd_fired;
+    e->h->fd_fired = e;
+  }
+  e->revents |= (events & UV_BOTH) | FD_ONLIST;
 }
 
-static void poll_free_cb(uv_handle_t *handle) { free(handle->data); }
+static hub_fd *fd_lookup(gl_hub *h, int fd) {
+  return (fd >= 0 && fd < h->nfds) ? h->fds[fd] : NULL;
+}
 
-static int hook_wait_fd(lua_State *L, int fd, int events, double deadline, int force) {
+/* The entry of fd, made if needed; NULL if libuv refuses the fd. */
+static hub_fd *fd_entry(gl_hub *h, int fd) {
+  hub_fd *e = fd_lookup(h, fd);
+  if (e != NULL || fd < 0) return e;
+  if (fd >= h->nfds) {
+    int n = h->nfds ? h->nfds : 64;
+    while (n <= fd) n *= 2;
+    hub_fd **t = realloc(h->fds, n * sizeof *t);
+    if (t == NULL) return NULL;
+    memset(t + h->nfds, 0, (n - h->nfds) * sizeof *t);
+    h->fds = t;
+    h->nfds = n;
+  }
+  e = calloc(1, sizeof *e);
+  if (e == NULL) return NULL;
+  if (uv_poll_init(&h->loop, &e->p, fd) != 0) { free(e); return NULL; }
+  e->p.data = e;
+  e->h = h;
+  e->fd = fd;
+  h->fds[fd] = e;
+  return e;
+}
+
+/* Drops the entry (no waiter left): its memory goes with the close. */
+static void fd_close(hub_fd *e) {
+  gl_hub *h = e->h;
+  if (h->fds[e->fd] == e) h->fds[e->fd] = NULL;
+  uv_close((uv_handle_t *)&e->p, fd_free_cb);
+}
+
+/* Makes the poll watch 'events' (restarting costs two epoll_ctl, so
+** only on a change).  Returns 0 or a libuv error. */
+static int fd_watch(hub_fd *e, int events) {
+  if (events == e->events) return 0;
+  int r = events ? uv_poll_start(&e->p, events, poll_cb) : uv_poll_stop(&e->p);
+  e->events = r == 0 ? events : 0;
+  return r;
+}
+
+static int fd_union(hub_fd *e) {
+  int want = 0;
+  for (fd_waiter *w = e->waiters; w != NULL; w = w->next) want |= w->events;
+  return want;
+}
+
+/* After a waiter left: watch what is still wanted, plus reading on a
+** kept fd; a non-kept fd nobody waits on goes. */
+static void fd_settle(hub_fd *e) {
+  int want = fd_union(e);
+  if (want == 0 && !e->keep) { fd_close(e); return; }
+  if (e->keep) want |= e->events & UV_READABLE;
+  fd_watch(e, want);
+}
+
+static void fd_unlink(hub_fd *e, fd_waiter *w) {
+  for (fd_waiter **pp = &e->waiters; *pp != NULL; pp = &(*pp)->next)
+    if (*pp == w) { *pp = w->next; break; }
+}
+
+static void fd_wake(gl_hub *h, fd_waiter *w, int state) {
+  gl_gr *g = w->g;
+  w->state = state;
+  if (g->wait_result < 0) g->wait_result = MT_WOKEN;
+  queue_wake(h, g);
+}
+
+/* With the GIL, after uv_run: the waiters of what fired become ready. */
+static void process_fd_fired(gl_hub *h) {
+  while (h->fd_fired != NULL) {
+    hub_fd *e = h->fd_fired;
+    int ev = e->revents & UV_BOTH;
+    h->fd_fired = e->next_fired;
+    e->revents = 0;
+    if (h->fds[e->fd] != e) continue;            /* cancelled meanwhile */
+    int wanted = 0;
+    for (fd_waiter **pp = &e->waiters; *pp != NULL; ) {
+      fd_waiter *w = *pp;
+      if (w->events & ev) {
+        wanted = 1;
+        *pp = w->next;
+        fd_wake(h, w, FW_READY);
+      } else {
+        pp = &w->next;
+      }
+    }
+    if (!wanted) fd_watch(e, fd_union(e));     /* nobody wants it: narrow */
+  }
+}
+
+/* Wakes every waiter of e (they find their fd closed). */
+static void fd_wake_all(gl_hub *h, hub_fd *e) {
+  while (e->waiters != NULL) {
+    fd_waiter *w = e->waiters;
+    e->waiters = w->next;
+    fd_wake(h, w, FW_CANCELLED);
+  }
+}
+
+/* Entries cancelled from another OS thread are closed by their own. */
+static void sweep_zombies(gl_hub *h) {
+  while (h->zombies != NULL) {
+    hub_fd *e = h->zombies;
+    h->zombies = e->next_zombie;
+    uv_close((uv_handle_t *)&e->p, fd_free_cb);
+  }
+}
+
+static int hook_wait_fd(lua_State *L, int fd, int events, double deadline, int flags) {
   mt_universe *U = mt_universe_of(L);
+  int force = flags & MT_FD_FORCE;
   if (!force && !is_patched(U)) return -1;
   gl_ts *ts = force ? gl_ts_get(L) : gl_ts_find(U);
   if (ts == NULL || ts->closing || ts->current->kind == GL_HUB) return -1;
   if (!force && ts->hub == NULL) return -1;
   gl_hub *h = hub_get(L);
-  fd_wait *fw = calloc(1, sizeof *fw);
-  if (fw == NULL) return -1;
-  if (uv_poll_init(&h->loop, &fw->p, fd) != 0) { free(fw); return -1; }
-  fw->p.data = fw;
-  fw->rec.hub = h;
-  fw->rec.kind = T_POLL;
-  fw->rec.g = ts->current;
-  fw->rec.ref = LUA_NOREF;
-  uv_poll_start(&fw->p, ((events & POLLIN) ? UV_READABLE : 0)
-                        | ((events & POLLOUT) ? UV_WRITABLE : 0), poll_cb);
-  ts->current->wait_timer = NULL;
+  if (h->zombies != NULL) sweep_zombies(h);
+  hub_fd *e = fd_entry(h, fd);
+  if (e == NULL) return -1;
+  fd_waiter fw;
+  fw.state = FW_WAITING;
+  fw.g = ts->current;
+  fw.events = ((events & POLLIN) ? UV_READABLE : 0) | ((events & POLLOUT) ? UV_WRITABLE : 0);
+  if (flags & MT_FD_KEEP) e->keep = 1;
+  if (fd_watch(e, e->events | fw.events) != 0) {
+    if (e->waiters == NULL) fd_close(e);
+    return -1;
+  }
+  fw.next = e->waiters;
+  e->waiters = &fw;
   mt_waiter w;
   mt_waiter_init(L, &w);
   int r = pinned_wait(L, ts, &w, deadline);
-  fw->rec.cancelled = 1;
-  uv_poll_stop(&fw->p);
-  uv_close((uv_handle_t *)&fw->p, poll_free_cb);
+  if (fw.state == FW_WAITING) {          /* timed out or interrupted */
+    fd_unlink(e, &fw);
+    fd_settle(e);
+  } else if (fw.state == FW_READY && fd_lookup(h, fd) == e) {
+    fd_settle(e);                         /* (not closed meanwhile) */
+  }
   return r;
+}
+
+/* Cancels e of hub h, which belongs to another OS thread (its loop may
+** be running there without the GIL: libuv is not touched here).  The
+** kernel forgets the fd now, while it is still open; the hub's own
+** thread closes the handle later. */
+static void fd_cancel_remote(gl_hub *h, hub_fd *e) {
+  struct epoll_event dummy;
+  memset(&dummy, 0, sizeof dummy);
+  epoll_ctl(uv_backend_fd(&h->loop), EPOLL_CTL_DEL, e->fd, &dummy);
+  h->fds[e->fd] = NULL;
+  e->next_zombie = h->zombies;
+  h->zombies = e;
+  if (e->waiters != NULL) {
+    fd_wake_all(h, e);
+    uv_async_send(&h->async);
+  }
+}
+
+/* socket close(): greenlets waiting on fd wake (and raise EBADF), and
+** every hub forgets fd before the number can be reused. */
+static void hook_cancel_fd(lua_State *L, int fd) {
+  mt_universe *U = mt_universe_of(L);
+  gl_ts *ts = gl_ts_find(U);
+  gl_hub *own = ts != NULL ? ts->hub : NULL;
+  hub_fd *e = own != NULL ? fd_lookup(own, fd) : NULL;
+  if (e != NULL) {
+    if (own->zombies != NULL) sweep_zombies(own);
+    fd_wake_all(own, e);
+    fd_close(e);                  /* uv_close stops it: epoll forgets fd */
+  }
+  pthread_mutex_lock(&mains_mutex);
+  for (gl_hub *h = all_hubs; h != NULL; h = h->next_all)
+    if (h != own && h->ts->U == U && (e = fd_lookup(h, fd)) != NULL)
+      fd_cancel_remote(h, e);
+  pthread_mutex_unlock(&mains_mutex);
 }
 
 static void hook_after_fork(mt_universe *U) {
@@ -443,6 +641,10 @@ static void hook_after_fork(mt_universe *U) {
     ts->hub->external = 0;
     if (ts->thread && ts->thread->is_main) set_main_hub(U, ts->hub);
   }
+  /* the other threads' hubs are gone; their epoll sets are the
+  ** parent's, which a cancel here must never touch */
+  all_hubs = ts != NULL ? ts->hub : NULL;
+  if (all_hubs != NULL) all_hubs->next_all = NULL;
 }
 
 static void hook_interrupt(mt_universe *U) {   /* the watcher thread */
@@ -464,7 +666,7 @@ static void close_handle(uv_handle_t *handle, void *arg) {
     t->cancelled = 1;
     uv_close(handle, timer_free_cb);
   } else if (handle->type == UV_POLL) {
-    uv_close(handle, poll_free_cb);
+    uv_close(handle, fd_free_cb);
   } else {
     uv_close(handle, NULL);
   }
@@ -472,11 +674,17 @@ static void close_handle(uv_handle_t *handle, void *arg) {
 
 void hub_free(lua_State *L, gl_ts *ts) {
   gl_hub *h = ts->hub;
+  pthread_mutex_lock(&mains_mutex);
+  for (gl_hub **pp = &all_hubs; *pp != NULL; pp = &(*pp)->next_all)
+    if (*pp == h) { *pp = h->next_all; break; }
+  pthread_mutex_unlock(&mains_mutex);
+  h->zombies = NULL;                  /* closed by the walk */
   uv_walk(&h->loop, close_handle, L);
   uv_run(&h->loop, UV_RUN_NOWAIT);    /* the close callbacks */
   uv_loop_close(&h->loop);
   luaL_unref(L, LUA_REGISTRYINDEX, h->ring_ref);
   free(h->slots);
+  free(h->fds);
   free(h);
   ts->hub = NULL;
 }
@@ -484,6 +692,7 @@ void hub_free(lua_State *L, gl_ts *ts) {
 void hub_install(mt_universe *U) {
   U->greenlet_wake = hook_wake;
   U->greenlet_wait_fd = hook_wait_fd;
+  U->greenlet_cancel_fd = hook_cancel_fd;
   U->after_fork_child = hook_after_fork;
   U->on_interrupt = hook_interrupt;
 }

@@ -75,9 +75,16 @@ static int sk_raise_gai(lua_State *L, int code) {
 
 /* ------------------------------------------------------------- state */
 
+/* Every close of a socket's fd tells the hub first (its waits on the
+** fd were made with MT_FD_KEEP: it may still watch it). */
+static void sk_forget(lua_State *L, int fd) {
+  mt_universe *U = mt_universe_of(L);
+  if (U->greenlet_cancel_fd != NULL) U->greenlet_cancel_fd(L, fd);
+}
+
 static int state_gc(lua_State *L) {
   sk_sock *s = (sk_sock *)lua_touserdata(L, 1);
-  if (s->fd >= 0) { close(s->fd); s->fd = -1; }
+  if (s->fd >= 0) { sk_forget(L, s->fd); close(s->fd); s->fd = -1; }
   return 0;
 }
 
@@ -190,7 +197,8 @@ static int sk_wait(lua_State *L, sk_sock *s, int events, double deadline) {
   mt_universe *U = mt_universe_of(L);
   int r = -1;
   if (U->greenlet_wait_fd != NULL)
-    r = U->greenlet_wait_fd(L, s->fd, events, deadline, s->gevent);
+    r = U->greenlet_wait_fd(L, s->fd, events, deadline,
+                            MT_FD_KEEP | (s->gevent ? MT_FD_FORCE : 0));
   if (r < 0) r = sk_poll(L, s->fd, events, deadline);
   if (r == MT_INTERRUPTED) { mt_check_interrupt(L); r = MT_WOKEN; }
   if (s->fd < 0) sk_raise_errno(L, EBADF);
@@ -420,7 +428,11 @@ static int sk_init(lua_State *L) {
   int type = checkint_arg(L, 3, "socket", "type", fileno >= 0 ? -1 : SOCK_STREAM);
   int proto = checkint_arg(L, 4, "socket", "proto", fileno >= 0 ? -1 : 0);
   sk_sock *s = mt_toobject(L, 1, &SOCK_KEY);
-  if (s != NULL && s->fd >= 0) { close(s->fd); s->fd = -1; }   /* re-__init__ */
+  if (s != NULL && s->fd >= 0) {   /* re-__init__ */
+    sk_forget(L, s->fd);
+    close(s->fd);
+    s->fd = -1;
+  }
   s = sk_newstate(L, 1);
   s->timeout = default_timeout(L);
   if (lua_getfield(L, 1, "_gevent") != LUA_TNIL) s->gevent = lua_toboolean(L, -1);
@@ -450,9 +462,8 @@ static int sk_close(lua_State *L) {
   sk_sock *s = sk_check(L);
   if (s->fd >= 0) {
     int fd = s->fd;
-    mt_universe *U = mt_universe_of(L);
     s->fd = -1;
-    if (U->greenlet_cancel_fd != NULL) U->greenlet_cancel_fd(L, fd);
+    sk_forget(L, fd);
     /* ECONNRESET on close is not an error for the caller (CPython) */
     if (close(fd) < 0 && errno != ECONNRESET && errno != EINTR) sk_raise_errno(L, errno);
   }
@@ -462,6 +473,7 @@ static int sk_close(lua_State *L) {
 static int sk_detach(lua_State *L) {
   sk_sock *s = sk_check(L);
   lua_pushinteger(L, s->fd);
+  if (s->fd >= 0) sk_forget(L, s->fd);   /* whoever gets it may close it */
   s->fd = -1;
   return 1;
 }
@@ -1070,6 +1082,7 @@ static int m_create_connection(lua_State *L) {
     int err = sk_do_connect(L, s, &a, len, 1);
     if (err == 0) return 1;
     lasterr = err;
+    sk_forget(L, s->fd);
     close(s->fd);
     s->fd = -1;
     lua_pop(L, 2);

@@ -150,6 +150,116 @@ do
   t.is(status, 0, "patched run exits 0")
 end
 
+-- a reader and a writer wait on the same fd at once (one poll watches
+-- both directions); the thread is never blocked meanwhile
+do
+  local a, b = gsocket.socketpair()
+  a:settimeout(5)
+  local BIG = 4 * 1024 * 1024
+  local got, sent, ticks = nil, false, 0
+  local r = gevent.spawn(function() got = a:recv(10) end)
+  local w = gevent.spawn(function() a:sendall(string.rep("x", BIG)); sent = true end)
+  local tk = gevent.spawn(function() for _ = 1, 5 do ticks = ticks + 1; gevent.sleep(0.005) end end)
+  gevent.sleep(0.1)
+  t.ok(got == nil and not sent and ticks == 5,
+       "reader and writer both wait on one fd, other greenlets run (ticks " .. ticks .. ")")
+  local n = 0
+  local drain = gevent.spawn(function()
+    b:settimeout(5)
+    while n < BIG do n = n + #b:recv(65536) end
+  end)
+  b:sendall("ping")
+  gevent.joinall({r, w, drain, tk}, 10)
+  t.is(got, "ping", "the reader got its data")
+  t.ok(sent and n == BIG, "the writer sent all 4 MiB (" .. n .. " bytes arrived)")
+  a:close(); b:close()
+end
+
+-- two readers on one fd both get served
+do
+  local a, b = gsocket.socketpair()
+  a:settimeout(3)
+  local got = {}
+  local readers = {}
+  for i = 1, 2 do readers[i] = gevent.spawn(function() local d = a:recv(1); got[#got + 1] = d end) end
+  gevent.sleep(0.02)
+  b:sendall("x")
+  gevent.sleep(0.02)
+  b:sendall("y")
+  gevent.joinall(readers, 3)
+  table.sort(got)
+  t.is(table.concat(got), "xy", "two greenlets reading one socket each get a byte")
+  a:close(); b:close()
+end
+
+-- close() wakes the greenlets waiting on the socket: OSError EBADF
+do
+  local a, b = gsocket.socketpair()
+  local rerr, werr
+  local r = gevent.spawn(function() local _, e = pcall(a.recv, a, 10); rerr = e end)
+  local w = gevent.spawn(function() local _, e = pcall(a.sendall, a, string.rep("y", 4 * 1024 * 1024)); werr = e end)
+  gevent.sleep(0.05)
+  local t0 = now()
+  a:close()
+  gevent.joinall({r, w}, 2)
+  t.ok(isinstance(rerr, OSError) and rerr.errno == 9,
+       "close() wakes a greenlet waiting in recv with EBADF: " .. tostring(rerr))
+  t.ok(isinstance(werr, OSError) and werr.errno == 9,
+       "close() wakes a greenlet waiting in sendall with EBADF: " .. tostring(werr))
+  t.ok(now() - t0 < 1, "... at once")
+  b:close()
+end
+
+-- closed from another OS thread while a greenlet of this one waits on it
+do
+  local threading = require "threading"
+  local a, b = gsocket.socketpair()
+  local err
+  local g = gevent.spawn(function() local _, e = pcall(a.recv, a, 10); err = e end)
+  gevent.sleep(0.02)
+  local th = threading.Thread{target = function() a:close() end}
+  th:start()
+  g:join(3)
+  th:join(3)
+  t.ok(isinstance(err, OSError) and err.errno == 9,
+       "a close in another thread wakes the waiting greenlet with EBADF: " .. tostring(err))
+  b:close()
+end
+
+-- an fd number reused after close (or after a socket is collected
+-- unclosed) is watched afresh: a stale poll would never see its data
+do
+  local function wait_used(a, b)   -- a recv that had to wait: a's poll is kept
+    gevent.spawn(function() gevent.sleep(0.01); b:sendall("1") end)
+    return a:recv(1)
+  end
+  local function works(c, d, what)
+    c:settimeout(2); d:settimeout(2)
+    gevent.spawn(function() gevent.sleep(0.01); d:sendall("2") end)
+    local ok1, v1 = pcall(c.recv, c, 1)
+    gevent.spawn(function() gevent.sleep(0.01); c:sendall("3") end)
+    local ok2, v2 = pcall(d.recv, d, 1)
+    t.ok(ok1 and v1 == "2" and ok2 and v2 == "3", what .. ": " .. tostring(v1) .. " " .. tostring(v2))
+  end
+  local a, b = gsocket.socketpair()
+  a:settimeout(2); b:settimeout(2)
+  t.is(wait_used(a, b), "1", "a wait on a fresh pair")
+  t.is(wait_used(b, a), "1", "... both ways")
+  local fa, fb = a:fileno(), b:fileno()
+  a:close(); b:close()
+  local c, d = gsocket.socketpair()
+  t.ok((c:fileno() == fa or c:fileno() == fb) and (d:fileno() == fa or d:fileno() == fb),
+       "the fd numbers are reused")
+  works(c, d, "waits on reused fd numbers see their data")
+  fa, fb = c:fileno(), d:fileno()
+  c, d = nil, nil
+  collectgarbage(); collectgarbage()
+  local e, f = gsocket.socketpair()
+  t.ok(e:fileno() == fa or e:fileno() == fb, "a collected socket's fd number is reused")
+  works(e, f, "waits on the fd numbers of collected sockets see their data")
+  e:close(); f:close()
+end
+
 -- the port: the gevent echo server serves 200 concurrent clients
 do
   local out, err, status = t.run("scripts/sock_echo_gevent.lua 200 5", 60)

@@ -105,10 +105,12 @@ struct mt_universe {
   void (*on_interrupt)(mt_universe *U);  /* SIGINT: wake a waiting hub */
   /* Waits until fd is ready for 'events' (POLLIN/POLLOUT) on the hub,
   ** when L is a greenlet under monkey patching (or a gevent socket,
-  ** force != 0); returns < 0 when the caller should block the thread
-  ** itself (poll with the GIL released), else MT_WOKEN/MT_TIMEDOUT/
-  ** MT_INTERRUPTED.  Set by the coroutine binding; used by sockets. */
-  int (*greenlet_wait_fd)(lua_State *L, int fd, int events, double deadline, int force);
+  ** flags & MT_FD_FORCE); returns < 0 when the caller should block the
+  ** thread itself (poll with the GIL released), else MT_WOKEN/
+  ** MT_TIMEDOUT/MT_INTERRUPTED.  Set by the coroutine binding; used by
+  ** sockets.  MT_FD_KEEP: the caller calls greenlet_cancel_fd before
+  ** every close of fd, so the hub may keep watching fd between waits. */
+  int (*greenlet_wait_fd)(lua_State *L, int fd, int events, double deadline, int flags);
   /* Called by sockets just before closing fd (GIL held): greenlets
   ** waiting on it in greenlet_wait_fd must be woken (MT_WOKEN; the
   ** socket then raises EBADF), as gevent's close() cancels waiters --
@@ -186,6 +188,8 @@ typedef struct mt_waitlist {
 } mt_waitlist;
 
 enum { MT_WOKEN = 0, MT_TIMEDOUT = 1, MT_INTERRUPTED = 2 };
+/* flags of greenlet_wait_fd */
+enum { MT_FD_FORCE = 1, MT_FD_KEEP = 2 };
 
 void mt_waiter_init(lua_State *L, mt_waiter *w);
 void mt_waitlist_push(mt_waitlist *wl, mt_waiter *w);
