@@ -163,8 +163,8 @@ static int mac_ok(const unsigned char *s, size_t len) {
 #define PK_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define PK_LIKELY(x) __builtin_expect(!!(x), 1)
 #define PK_NOPOS SIZE_MAX     /* tag position of a memo entry never patched */
-#define PK_KEEP_BYTES ((size_t)1 << 20)   /* a cached buffer keeps this much */
-#define PK_KEEP_SLOTS ((size_t)1 << 16)
+#define PK_KEEP_BYTES ((size_t)1 << 18)   /* a cached box keeps this much */
+#define PK_KEEP_SLOTS ((size_t)1 << 14)   /* ... and this many memo slots */
 
 /* The C memory of a dumps: the output buffer, two maps from addresses
 ** (tables and functions; upvalue ids) to indices, and the offset of
