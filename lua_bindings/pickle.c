@@ -76,9 +76,14 @@ int luaopen_mt_pickle(lua_State *L);
 
 static uint64_t pk_key[2];
 
-static uint64_t get64le(const unsigned char *p) {
-  uint64_t v = 0;
+static inline uint64_t get64le(const unsigned char *p) {
+  uint64_t v;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(&v, p, sizeof v);
+#else
+  v = 0;
   for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+#endif
   return v;
 }
 
