@@ -51,6 +51,8 @@ typedef struct gl_hub {
   hub_fd *fd_fired;           /* fired during uv_run (hub thread) */
   hub_fd *zombies;            /* cancelled by another thread, to close */
   struct gl_hub *next_all;    /* all_hubs, under mains_mutex */
+  hub_timer *spare;           /* stopped timers, for reuse */
+  int nspare;
 } gl_hub;
 
 enum { MODE_SWITCH, MODE_THROW };
@@ -163,14 +165,25 @@ static uint64_t ms_until(gl_hub *h, double seconds) {
   return ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms;
 }
 
+/* A timed wait (a socket with a timeout) makes one timer per wait: a
+** stopped timer is kept for the next instead of closed and freed. */
+#define SPARE_TIMERS 64
+
 static hub_timer *timer_start(lua_State *L, gl_hub *h, double seconds, int kind) {
-  hub_timer *t = calloc(1, sizeof *t);
-  if (t == NULL) luaL_error(L, "not enough memory");
+  hub_timer *t = h->spare;
+  if (t != NULL) {
+    h->spare = t->next_fired;
+    h->nspare--;
+    memset((char *)t + sizeof t->h, 0, sizeof *t - sizeof t->h);
+  } else {
+    t = calloc(1, sizeof *t);
+    if (t == NULL) luaL_error(L, "not enough memory");
+    uv_timer_init(&h->loop, &t->h);
+    t->h.data = t;
+  }
   t->hub = h;
   t->kind = kind;
   t->ref = LUA_NOREF;
-  uv_timer_init(&h->loop, &t->h);
-  t->h.data = t;
   uv_update_time(&h->loop);   /* the loop's clock is stale after Lua ran */
   uv_timer_start(&t->h, timer_cb, ms_until(h, seconds), 0);
   return t;
@@ -185,6 +198,12 @@ static void timer_close(lua_State *L, hub_timer *t) {
     t->ref = LUA_NOREF;
   }
   uv_timer_stop(&t->h);
+  if (t->box == NULL && t->hub->nspare < SPARE_TIMERS) {
+    t->next_fired = t->hub->spare;   /* (the fired list is empty now) */
+    t->hub->spare = t;
+    t->hub->nspare++;
+    return;
+  }
   uv_close((uv_handle_t *)&t->h, timer_free_cb);
 }
 
@@ -679,6 +698,7 @@ void hub_free(lua_State *L, gl_ts *ts) {
     if (*pp == h) { *pp = h->next_all; break; }
   pthread_mutex_unlock(&mains_mutex);
   h->zombies = NULL;                  /* closed by the walk */
+  h->spare = NULL;
   uv_walk(&h->loop, close_handle, L);
   uv_run(&h->loop, UV_RUN_NOWAIT);    /* the close callbacks */
   uv_loop_close(&h->loop);
