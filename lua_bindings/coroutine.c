@@ -276,6 +276,7 @@ gl_ts *gl_ts_find(mt_universe *U) {
 }
 
 static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int parentidx, int selfidx);
+static int gr_switch(lua_State *L);
 
 /* The class made by lib/greenlet.lua; registered before any greenlet. */
 static void push_class(lua_State *L) {
@@ -315,13 +316,41 @@ gl_ts *gl_ts_get(lua_State *L) {
   return ts;
 }
 
+/* The running-state bookkeeping of mt_set_running/mt_prepare_resume,
+** with the thread record the greenlet state already holds (a switch
+** pays it twice; the generic versions look the thread up each time). */
+static void set_running(gl_ts *ts, lua_State *co) {
+  if (ts->thread != NULL) ts->thread->running = co;
+}
+
+static void prepare_resume(gl_ts *ts, lua_State *co) {
+  if (ts->U->threaded && lua_gethook(co) == NULL) mt_prepare_resume(co, co);
+  set_running(ts, co);
+}
+
 /* ---------------------------------------------------- objects */
 
+/* A switch checks two instances (the target's, then on the way back
+** the other's): the last two found are remembered by address.  An
+** entry is dropped when its greenlet is collected, which happens
+** before its instance table's memory can be reused. */
 gl_gr *gl_test(lua_State *L, int idx) {
   if (lua_type(L, idx) != LUA_TTABLE) return NULL;
+  const void *p = lua_topointer(L, idx);
+  gl_ts *ts = tls_ts;
+  if (ts != NULL) {
+    if (ts->ck[0] == p) return ts->cg[0];
+    if (ts->ck[1] == p) return ts->cg[1];
+  }
   lua_rawgetp(L, idx, &GR_KEY);
   gl_gr *g = lua_touserdata(L, -1);
   lua_pop(L, 1);
+  if (g != NULL && g->ts == ts && ts->cg[0] != g) {
+    ts->ck[1] = ts->ck[0];
+    ts->cg[1] = ts->cg[0];
+    ts->ck[0] = p;
+    ts->cg[0] = g;
+  }
   return g;
 }
 
@@ -385,6 +414,23 @@ static int detach_co(gl_gr *x) {
   return 1;
 }
 
+/* An instance of greenlet itself (not of a subclass) holds 'switch':
+** the class's __index is a C function (for the computed fields dead,
+** parent, run) and calling it for every g:switch() costs as much as a
+** third of a switch round trip. */
+static void own_switch(lua_State *L, int self) {
+  lua_pushcfunction(L, gr_switch);
+  lua_setfield(L, self, "switch");
+}
+
+static int is_plain_instance(lua_State *L, int self) {
+  if (!lua_getmetatable(L, self)) return 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, GR_CLASS);
+  int plain = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return plain;
+}
+
 /* Makes a new greenlet whose instance is at selfidx (0: a new one,
 ** pushed).  For a plain one the run function is on L's top (popped). */
 static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int parentidx, int selfidx) {
@@ -422,6 +468,9 @@ static gl_gr *new_gr(lua_State *L, gl_ts *ts, int kind, gl_gr *parent, int paren
     lua_setiuservalue(L, -2, 3);
   }
   lua_rawsetp(L, self, &GR_KEY);
+  for (int i = 0; i < 2; i++)          /* a re-__init__: forget the old */
+    if (ts->ck[i] == lua_topointer(L, self)) { ts->ck[i] = NULL; ts->cg[i] = NULL; }
+  if (kind == GL_MAIN) own_switch(L, self);
   lua_getfield(L, LUA_REGISTRYINDEX, GR_WEAK);
   lua_pushvalue(L, self);
   lua_rawsetp(L, -2, g);
@@ -540,7 +589,7 @@ static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
     lua_pushnil(ts->Ltr);
     lua_replace(ts->Ltr, 1);
   }
-  mt_set_running(x->sl);
+  set_running(ts, x->sl);
   S->next = ts->spare;
   ts->spare = S;
   ctx_switch(ts, x->stk, &S->sp, x->sp);
@@ -555,7 +604,7 @@ static void resume_gr(gl_ts *ts, gl_gr *x) {
   lua_pushthread(co);                  /* anchor it while it runs */
   lua_xmove(co, ts->Ltr, 1);
   lua_replace(ts->Ltr, 1);
-  mt_prepare_resume(co, co);
+  prepare_resume(ts, co);
   status = lua_resume(co, NULL, ts->nnext, &nres);
   if (status == LUA_YIELD) {
     if (nres == 1 && is_tag(co, -1)) lua_pop(co, 1);   /* a switch */
@@ -624,12 +673,18 @@ int gl_suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFun
 
 /* ----------------------------------------------------- switching */
 
+/* Back in a switched-away greenlet: Ctrl-C (main only) and throws are
+** checked inline, the common case being neither. */
 static int switch_done(lua_State *L, int status, lua_KContext base) {
   (void)status;
-  gl_ts *ts = gl_ts_find(mt_universe_of(L));
-  mt_set_running(L);
-  if (ts->current->kind == GL_MAIN) mt_check_interrupt(L);
-  gl_raise_pending(L);
+  gl_ts *ts = tls_ts;
+  if (ts == NULL || ts->U != mt_universe_of(L)) ts = gl_ts_find(mt_universe_of(L));
+  gl_gr *cur = ts->current;
+  set_running(ts, L);
+  if (cur->kind == GL_MAIN && ts->thread != NULL
+      && atomic_load_explicit(&ts->thread->interrupt, memory_order_relaxed))
+    mt_check_interrupt(L);
+  if (cur->throw_ref != LUA_NOREF) gl_raise_pending(L);
   return lua_gettop(L) - (int)base;
 }
 
@@ -643,8 +698,13 @@ static void check_switchable(lua_State *L, gl_ts *ts, gl_gr *x) {
 /* Moves n values (or, throwing, the exception) from L's top to x and
 ** switches to it; the base of the caller's own stack is 'base'. */
 static int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
-  gl_ts *ts = gl_ts_get(L);
-  check_switchable(L, ts, x);
+  gl_ts *ts = tls_ts;             /* x is of this thread: L's universe */
+  if (x->ts != ts) {
+    ts = gl_ts_get(L);
+    check_switchable(L, ts, x);
+  } else if (ts->closing) {
+    check_switchable(L, ts, x);
+  }
   x = live(x);
   while (x->state == GL_NEW && throwing) {   /* killed before it started */
     int exit = mt_isinstance(L, -1, "greenlet.GreenletExit");
@@ -803,6 +863,7 @@ static int gr_init(lua_State *L) {
   }
   lua_pushvalue(L, 2);
   new_gr(L, ts, GL_PLAIN, parent, 3, 1);
+  if (is_plain_instance(L, 1)) own_switch(L, 1);
   return 0;
 }
 
@@ -834,6 +895,8 @@ static void ts_release(gl_ts *ts) {
 static int gr_gc(lua_State *L) {
   gl_gr *g = lua_touserdata(L, 1);
   gl_ts *ts = g->ts;
+  for (int i = 0; i < 2; i++)
+    if (ts->cg[i] == g) { ts->cg[i] = NULL; ts->ck[i] = NULL; }
   if (g->throw_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, g->throw_ref);
     g->throw_ref = LUA_NOREF;

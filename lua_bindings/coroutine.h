@@ -63,6 +63,8 @@ struct gl_ts {
   int closing;             /* unwinding a collected greenlet */
   int *deferred, ndeferred, cdeferred;   /* coroutines to unwind here */
   struct gl_hub *hub;      /* hub.c's part, NULL until first used */
+  const void *ck[2];       /* instance tables last checked ... */
+  gl_gr *cg[2];            /* ... and their greenlets (gl_test) */
   gl_ts *link;
 };
 

@@ -160,4 +160,27 @@ local gs = {}
 for i = 1, 200 do gs[i] = greenlet(function() for _ = 1, 50 do count = count + 1; main:switch() end end) end
 for _ = 1, 50 do for i = 1, 200 do gs[i]:switch() end end
 t.is(count, 10000, "200 greenlets x 50 switches")
+
+-- greenlets are found from their instance tables through a small cache:
+-- tables made where collected greenlets' instances were are not greenlets
+do
+  local bad = 0
+  for round = 1, 200 do
+    local g = greenlet(function(x) return x + 1 end)
+    if g:switch(round) ~= round + 1 then bad = bad + 1 end
+    g = nil
+    collectgarbage()
+    for _ = 1, 4 do
+      local ok, e = pcall(greenlet.switch, {})
+      if ok or not isinstance(e, TypeError) then bad = bad + 1 end
+    end
+  end
+  t.is(bad, 0, "plain tables in the place of collected greenlets are refused (TypeError)")
+  local sub = class("Sub", greenlet)
+  function sub:switch(...) return "overridden", ... end
+  local s = sub(function() end)
+  t.is(select(1, s:switch()), "overridden", "a subclass's own switch method is used")
+  t.ok(rawget(greenlet(function() end), "switch") ~= nil and rawget(s, "switch") == nil,
+       "only instances of greenlet itself carry switch")
+end
 t.done()
