@@ -506,6 +506,10 @@ int gl_has_pending(gl_gr *g) { return g->throw_ref != LUA_NOREF; }
 
 void gl_deliver(lua_State *L, gl_gr *g, int n, int throwing) {
   gl_ts *ts = g->ts;
+  if (n == 0 && !throwing && g->throw_ref == LUA_NOREF) {  /* a bare switch */
+    ts->nnext = 0;
+    return;
+  }
   if (g->throw_ref != LUA_NOREF) {   /* an older throw wins; drop this */
     lua_pop(L, throwing ? 1 : n);
     ts->nnext = 0;
@@ -601,9 +605,11 @@ static void resume_gr(gl_ts *ts, gl_gr *x) {
   ts->current = x;
   x->state = GL_RUNNING;
   x->seq++;
-  lua_pushthread(co);                  /* anchor it while it runs */
-  lua_xmove(co, ts->Ltr, 1);
-  lua_replace(ts->Ltr, 1);
+  if (lua_tothread(ts->Ltr, 1) != co) {   /* anchor it while it runs */
+    lua_pushthread(co);
+    lua_xmove(co, ts->Ltr, 1);
+    lua_replace(ts->Ltr, 1);
+  }
   prepare_resume(ts, co);
   status = lua_resume(co, NULL, ts->nnext, &nres);
   if (status == LUA_YIELD) {
