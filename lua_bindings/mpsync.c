@@ -1309,13 +1309,6 @@ static int ms_rebuild_instance(lua_State *L) {
   return 1;
 }
 
-static int ms_register_class(lua_State *L) {
-  luaL_checkstring(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  mt_register_class(L, lua_tostring(L, 1), 2);
-  return 0;
-}
-
 /* ------------------------------------------------------------ module */
 
 static const luaL_Reg lock_methods[] = {
@@ -1392,7 +1385,7 @@ static const luaL_Reg box_methods[] = {
 static const luaL_Reg ms_funcs[] = {
   {"rebuild", ms_rebuild},
   {"rebuild_instance", ms_rebuild_instance},
-  {"register_class", ms_register_class},
+  {"register_class", mt_lua_register_class},
   {NULL, NULL}
 };
 

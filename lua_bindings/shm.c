@@ -736,16 +736,9 @@ static const luaL_Reg jq_methods[] = {
   {NULL, NULL}
 };
 
-static int l_register_class(lua_State *L) {
-  luaL_checkstring(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  mt_register_class(L, lua_tostring(L, 1), 2);
-  return 0;
-}
-
 static const luaL_Reg shm_funcs[] = {
   {"rebuild_queue", q_rebuild},
-  {"register_class", l_register_class},
+  {"register_class", mt_lua_register_class},
   {NULL, NULL}
 };
 

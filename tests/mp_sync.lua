@@ -8,22 +8,9 @@ local mp = require "multiprocessing"
 local threading = require "threading"
 local time = require "time"
 
--- Runs fn(...) in a child; returns the Process (started).
-local function spawn(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
-end
+local spawn = t.spawn_process
 
-local function join_all(ps, what)
-  local ok = true
-  for _, p in ipairs(ps) do
-    p:join(20)
-    if p.exitcode ~= 0 then ok = false end
-    if p.exitcode == nil then p:kill(); p:join() end
-  end
-  t.ok(ok, what .. ": children exit 0")
-end
+local join_all = t.join_processes
 
 ------------------------------------------------------------------ Lock
 

@@ -2,11 +2,7 @@
 -- each runs to its end with the output the notes (or Python) give.
 local t = require "tests.tap"
 
-local function lines(s)
-  local out = {}
-  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
-  return out
-end
+local lines = t.lines
 
 do
   local out, err, status = t.run("scripts/queue_basics.lua", 30)

@@ -11,12 +11,7 @@ local now = time.monotonic
 
 -- open sockets of this process (not every fd: the pipe of popen itself
 -- may or may not be listed yet, and the hub has its own fds)
-local function count_fds()
-  local p = io.popen("ls -l /proc/" .. os.getpid() .. "/fd | grep -c socket:")
-  local n = tonumber(p:read("a"))
-  p:close()
-  return n
-end
+local count_fds = t.count_socket_fds
 local fds_at_start = count_fds()
 
 t.ok(gevent.socket == gsocket, "gevent.socket is the module gevent.socket")

@@ -1,7 +1,8 @@
 -- tap.lua: a small TAP producer for the suite (run by prove).
 --   local t = require "tests.tap"
 --   t.ok(cond, name); t.is(got, want, name); t.like(str, pattern, name)
---   t.raises(fn, Class, pattern?, name) ; t.run_script(path) ; t.done()
+--   t.raises(fn, Class, pattern?, name) ; t.run(args) ; t.run_source(src)
+--   t.lines, t.count, t.count_socket_fds, t.spawn_process, t.join_processes
 -- Every test file ends with t.done(), which prints the plan.
 local M = {}
 local count, failed = 0, 0
@@ -80,6 +81,46 @@ function M.run_source(src, limit, args)
   local o, e, s = M.run(path .. " " .. (args or ""), limit)
   os.remove(path)
   return o, e, s
+end
+
+-- Small helpers several test files share.
+function M.lines(s)
+  local out = {}
+  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
+function M.count(list, value)
+  local n = 0
+  for _, v in ipairs(list) do if v == value then n = n + 1 end end
+  return n
+end
+
+-- Sockets open in this process (for fd-leak checks).
+function M.count_socket_fds()
+  local p = io.popen("ls -l /proc/" .. os.getpid() .. "/fd | grep -c socket:")
+  local n = tonumber(p:read("a"))
+  p:close()
+  return n
+end
+
+-- A started multiprocessing.Process running fn(...).
+function M.spawn_process(fn, ...)
+  local p = require("multiprocessing").Process{target = fn, args = table.pack(...)}
+  p:start()
+  return p
+end
+
+-- Joins processes (20 s each at most, killing stragglers); one check
+-- that all exited 0.
+function M.join_processes(ps, what)
+  local ok = true
+  for _, p in ipairs(ps) do
+    p:join(20)
+    if p.exitcode ~= 0 then ok = false end
+    if p.exitcode == nil then p:kill(); p:join() end
+  end
+  M.ok(ok, what .. ": children exit 0")
 end
 
 function M.done()

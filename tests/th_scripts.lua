@@ -2,17 +2,9 @@
 -- to its end with the output the notes describe.
 local t = require "tests.tap"
 
-local function lines(s)
-  local out = {}
-  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
-  return out
-end
+local lines = t.lines
 
-local function count(list, value)
-  local n = 0
-  for _, v in ipairs(list) do if v == value then n = n + 1 end end
-  return n
-end
+local count = t.count
 
 do
   local out, err, status = t.run("scripts/th_sing_dance.lua", 30)

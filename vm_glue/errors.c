@@ -35,6 +35,13 @@ void mt_register_class(lua_State *L, const char *qualname, int idx) {
   lua_pop(L, 1);
 }
 
+int mt_lua_register_class(lua_State *L) {
+  luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  mt_register_class(L, lua_tostring(L, 1), 2);
+  return 0;
+}
+
 int mt_push_class(lua_State *L, const char *qualname) {
   push_classes(L);
   if (lua_getfield(L, -1, qualname) == LUA_TNIL) {

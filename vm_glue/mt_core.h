@@ -233,6 +233,9 @@ int mt_raise_errno(lua_State *L, const char *cls, int code, const char *msg);
 void mt_push_exception(lua_State *L, const char *cls, const char *msg);
 /* Classes by qualified name, kept in the registry for mt_raise. */
 void mt_register_class(lua_State *L, const char *qualname, int idx);
+/* The same for Lua: register_class(qualname, cls); modules put it in
+** their function tables. */
+int mt_lua_register_class(lua_State *L);
 int mt_push_class(lua_State *L, const char *qualname);
 /* The message handler for protected calls: adds the traceback. */
 int mt_msghandler(lua_State *L);

@@ -56,20 +56,13 @@ static void register_modules(lua_State *L) {
   lua_pop(L, 1);
 }
 
-static int l_register_class(lua_State *L) {
-  luaL_checkstring(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  mt_register_class(L, lua_tostring(L, 1), 2);
-  return 0;
-}
-
 static void run_prelude(lua_State *L) {
   const mt_libsrc *s = find_lib("prelude");
   if (s == NULL || load_lib(L, s) != LUA_OK) {
     fprintf(stderr, "mtlua: cannot load the prelude\n");
     abort();
   }
-  lua_pushcfunction(L, l_register_class);
+  lua_pushcfunction(L, mt_lua_register_class);
   lua_pushcfunction(L, mt_with);
   lua_call(L, 2, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "mtlua.prelude");
