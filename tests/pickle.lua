@@ -311,7 +311,12 @@ do
   local random = math.random
   local loaded, failed, odd = 0, 0, 0
   local started = os.clock()
-  for i = 1, 20000 do
+  -- Under ThreadSanitizer (make tsan) its shadow call stack grows by a
+  -- few frames per rejected input here until it hits its 65,536-frame
+  -- limit near input 10,750 (a TSan CHECK, not a race; same before the
+  -- 2nd pickle pass): this single-threaded loop runs 5,000 inputs there.
+  local inputs = os.getenv("MTLUA_SANITIZER") == "thread" and 5000 or 20000
+  for i = 1, inputs do
     local s
     local kind = i % 4
     if kind == 0 then   -- random bytes after a valid version byte
@@ -344,8 +349,8 @@ do
     else odd = odd + 1 end
   end
   t.diag(("fuzz: %d loaded, %d rejected in %.2f s"):format(loaded, failed, os.clock() - started))
-  t.ok(loaded + failed == 20000 and odd == 0, "20,000 damaged inputs: no crash")
-  t.ok(failed > 10000, "most damaged inputs are rejected")
+  t.ok(loaded + failed == inputs and odd == 0, inputs .. " damaged inputs: no crash")
+  t.ok(failed > inputs / 2, "most damaged inputs are rejected")
 end
 
 ------------------------------------------------------------ threads
