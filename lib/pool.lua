@@ -712,6 +712,7 @@ end
 -- fills the results, runs the callbacks, replaces lost workers.
 function M._handle_results(self)
   local core, loads, starts = self._core, self._pickle.loads, self._starts
+  core:adopt(true)
   while true do
     local ev = core:wait()
     if ev == nil then break end
@@ -743,6 +744,7 @@ function M._handle_results(self)
     end
     self:_notify()
   end
+  core:adopt(false)
   self._finished = true
   self:_notify()
 end

@@ -37,6 +37,7 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -187,6 +188,7 @@ typedef struct pl_core {
   int efd;                  /* eventfd that wakes the I/O thread */
   int poked;
   int closing, terminating, finished, started;
+  mt_thread *handler;       /* the pool's result thread (core:adopt) */
   pid_t owner;              /* the process that made the pool */
   long maxtasks;            /* per worker; 0: unlimited */
   int nworkers;
@@ -772,6 +774,23 @@ static void start_io(lua_State *L, pl_core *c) {
 ** io_worker_gone). */
 static pl_ring *wk_ring;
 
+/* The result thread lives as long as the pool's workers, so a worker
+** it forks (a replacement) dies with this process through
+** PR_SET_PDEATHSIG, which follows the forking thread; other threads fork
+** with _multiprocessing.fork, whose lifeline costs a watcher thread in
+** the child (a thread made after a fork, which ThreadSanitizer
+** handles badly: replacements are frequent under maxtasksperchild). */
+static int handler_fork(lua_State *L) {
+  pid_t parent = getpid();
+  pid_t pid = mt_fork(L);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);   /* it died before the prctl */
+  }
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
 /* In a new worker: nothing of the parent's pools but its own socket. */
 static void child_setup(int keep) {
   setpgid(0, 0);                       /* terminate() kills its children too */
@@ -821,7 +840,8 @@ static int core_spawn(lua_State *L) {
   fds_add(sv[0]);
   fds_add(sv[1]);
   ring_reset(&c->rings[slot]);   /* its last worker is reaped */
-  lua_getiuservalue(L, 1, 1);   /* _multiprocessing.fork */
+  if (c->handler != NULL && mt_self(L) == c->handler) lua_pushcfunction(L, handler_fork);
+  else lua_getiuservalue(L, 1, 1);   /* _multiprocessing.fork */
   if (lua_pcall(L, 0, 1, 0) != LUA_OK) {   /* no fd may leak */
     close_fd(&sv[0]);
     close_fd(&sv[1]);
@@ -978,6 +998,14 @@ static int core_wait(lua_State *L) {
   return 1;
 }
 
+/* core:adopt(yes): the calling thread is (true) or stops being (false)
+** the pool's result thread (see handler_fork). */
+static int core_adopt(lua_State *L) {
+  pl_core *c = checkcore(L);
+  c->handler = lua_toboolean(L, 2) ? mt_self(L) : NULL;
+  return 0;
+}
+
 /* core:define(fid, pickle): the function that tasks with this fid call. */
 static int core_define(lua_State *L) {
   pl_core *c = checkcore(L);
@@ -1093,6 +1121,7 @@ static const luaL_Reg core_methods[] = {
   {"spawn", core_spawn},
   {"submit", core_submit},
   {"define", core_define},
+  {"adopt", core_adopt},
   {"wait", core_wait},
   {"close", core_close},
   {"terminate", core_terminate},

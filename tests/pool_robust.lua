@@ -147,6 +147,25 @@ do
   t.ok(#pids == 2 and wait_gone(pids, 5), "workers die with their parent")
 end
 
+-- replacement workers (forked by the result thread) die with the parent too
+do
+  local out = t.run_source([[
+    local p = require("pool").Pool{ processes = 2, maxtasksperchild = 1 }
+    for i = 1, 6 do p:apply(function() end) end
+    local deadline = require("time").monotonic() + 5
+    while #p:_pids() < 2 and require("time").monotonic() < deadline do require("time").sleep(0.01) end
+    print(table.concat(p:_pids(), " "))
+    io.stdout:flush()
+    for i = 1, 2 do p:apply_async(function() require("time").sleep(30) end) end
+    require("time").sleep(0.2)
+    os.execute("kill -9 " .. os.getpid())
+  ]], 20)
+  local pids = {}
+  for pid in out:gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+  t.is(#pids, 2, "replacement workers reported")
+  t.ok(#pids == 2 and wait_gone(pids, 5), "replacement workers die with their SIGKILLed parent")
+end
+
 -- a script that never closes its pool still exits, and takes its workers
 do
   local out, err, status = t.run_source([[
