@@ -193,6 +193,10 @@ typedef struct pl_core {
   long maxtasks;            /* per worker; 0: unlimited */
   int nworkers;
   pl_worker *w;
+  struct pollfd *pfd;       /* the I/O thread's, nworkers + 1 (kept here,
+                               reachable, not on its stack: a forked
+                               worker has no I/O thread) */
+  int *pslot;
   pl_ring *rings;           /* shared with the workers, one per slot */
   struct pl_def { char *p; size_t len; } *defs;   /* defs[fid]: a pickle */
   size_t ndefs;
@@ -279,6 +283,8 @@ static void core_unref(pl_core *c) {
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cond);
   free(c->w);
+  free(c->pfd);
+  free(c->pslot);
   free(c);
 }
 
@@ -650,10 +656,10 @@ static int io_done(pl_core *c) {
 
 static void *io_main(void *arg) {
   pl_core *c = arg;
-  struct pollfd *pfd = malloc((size_t)(c->nworkers + 1) * sizeof *pfd);
-  int *slot = malloc((size_t)(c->nworkers + 1) * sizeof *slot);
+  struct pollfd *pfd = c->pfd;
+  int *slot = c->pslot;
   pthread_mutex_lock(&c->mu);
-  while (pfd != NULL && slot != NULL) {
+  for (;;) {
     io_take_incoming(c, 0);
     io_dispatch(c);
     io_shutdowns(c);
@@ -693,8 +699,6 @@ static void *io_main(void *arg) {
   c->finished = 1;
   pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->mu);
-  free(pfd);
-  free(slot);
   core_unref(c);
   return NULL;
 }
@@ -730,15 +734,19 @@ static int core_new(lua_State *L) {
   pl_core *c = calloc(1, sizeof *c);
   if (c == NULL) return luaL_error(L, "not enough memory");
   c->w = calloc((size_t)n, sizeof *c->w);
+  c->pfd = calloc((size_t)n + 1, sizeof *c->pfd);
+  c->pslot = calloc((size_t)n + 1, sizeof *c->pslot);
   c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   c->rings = mmap(NULL, (size_t)n * sizeof *c->rings, PROT_READ | PROT_WRITE,
                   MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (c->rings == MAP_FAILED) c->rings = NULL;
-  if (c->w == NULL || c->efd < 0 || c->rings == NULL) {
+  if (c->w == NULL || c->pfd == NULL || c->pslot == NULL || c->efd < 0 || c->rings == NULL) {
     int e = errno;
     if (c->efd >= 0) close(c->efd);
     if (c->rings) munmap(c->rings, (size_t)n * sizeof *c->rings);
     free(c->w);
+    free(c->pfd);
+    free(c->pslot);
     free(c);
     return mt_raise(L, "OSError", "[Errno %d] pool: %s", e, strerror(e));
   }
