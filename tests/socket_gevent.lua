@@ -155,9 +155,11 @@ do
   local r = gevent.spawn(function() got = a:recv(10) end)
   local w = gevent.spawn(function() a:sendall(string.rep("x", BIG)); sent = true end)
   local tk = gevent.spawn(function() for _ = 1, 5 do ticks = ticks + 1; gevent.sleep(0.005) end end)
-  gevent.sleep(0.1)
-  t.ok(got == nil and not sent and ticks == 5,
-       "reader and writer both wait on one fd, other greenlets run (ticks " .. ticks .. ")")
+  -- a wait that blocked the thread would hold the ticker for the 5 s timeout
+  local t0 = now()
+  tk:join(4)
+  t.ok(got == nil and not sent and ticks == 5 and now() - t0 < 3,
+       ("reader and writer both wait on one fd, other greenlets run (ticks %d, %.2f s)"):format(ticks, now() - t0))
   local n = 0
   local drain = gevent.spawn(function()
     b:settimeout(5)
