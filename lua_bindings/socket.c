@@ -616,6 +616,11 @@ static ssize_t op_sendto(int fd, void *arg) {
 }
 
 /* recv(bufsize, flags=0) -> string ("" at end of stream) */
+/* reads of up to this many bytes land in a buffer on the C stack and
+** are copied once into the string: a recv(4096) loop otherwise makes
+** and collects a 4 KiB heap buffer per call */
+#define SK_STACK_RECV 16384
+
 static int sk_recv(lua_State *L) {
   sk_sock *s = sk_checkopen(L);
   size_t n = check_bufsize(L, 2, "recv");
@@ -624,6 +629,12 @@ static int sk_recv(lua_State *L) {
   a.flags = opt_flags(L, 3, "recv");
   if (n == 0) { lua_pushliteral(L, ""); return 1; }   /* as CPython: no syscall */
   a.len = n;
+  if (n <= SK_STACK_RECV) {   /* the common small read: no heap buffer */
+    char buf[SK_STACK_RECV];
+    a.buf = buf;
+    lua_pushlstring(L, buf, (size_t)sk_call(L, s, POLLIN, op_recv, &a, sk_deadline(s), n));
+    return 1;
+  }
   a.buf = luaL_buffinitsize(L, &b, n);
   luaL_pushresultsize(&b, (size_t)sk_call(L, s, POLLIN, op_recv, &a, sk_deadline(s), n));
   return 1;
