@@ -80,8 +80,12 @@ PROVE_EXEC = timeout -k 5 $(TEST_TIMEOUT) $(abspath $(BUILD))/mtlua
 test: all $(BUILD)/test_capi
 	MTLUA_BUILD=$(abspath $(BUILD)) prove -j2 --exec '$(PROVE_EXEC)' $(TESTS)
 
+# in the notes' order: threads, queues, processes, pools, coroutines, sockets
+TOUR := $(wildcard scripts/th_*.lua) $(wildcard scripts/queue_*.lua) scripts/producer_consumer.lua \
+        $(wildcard scripts/mp_*.lua) $(wildcard scripts/pool_*.lua) \
+        $(wildcard scripts/co_*.lua) $(wildcard scripts/sock_*.lua)
 run: all
-	@for s in scripts/*.lua; do echo "=== $$s"; timeout 60 $(BUILD)/mtlua $$s || exit 1; done
+	@for s in $(TOUR); do echo "=== $$s"; timeout 60 $(BUILD)/mtlua $$s || exit 1; done
 
 bench-deps:
 	@if $(BENCH_CHECK); then :; else \
