@@ -81,7 +81,7 @@ test: all $(BUILD)/test_capi
 	MTLUA_BUILD=$(abspath $(BUILD)) prove -j2 --exec '$(PROVE_EXEC)' $(TESTS)
 
 # in the notes' order: threads, queues, processes, pools, coroutines, sockets
-TOUR := $(wildcard scripts/th_*.lua) $(wildcard scripts/queue_*.lua) scripts/producer_consumer.lua \
+TOUR := $(addprefix scripts/th_,sing_dance.lua enumerate.lua args.lua mythread.lua mutex.lua rlock.lua barrier.lua) $(wildcard scripts/queue_*.lua) scripts/producer_consumer.lua \
         $(wildcard scripts/mp_*.lua) $(wildcard scripts/pool_*.lua) \
         $(wildcard scripts/co_*.lua) $(wildcard scripts/sock_*.lua)
 run: all
