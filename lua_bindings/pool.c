@@ -188,7 +188,9 @@ typedef struct pl_core {
   int efd;                  /* eventfd that wakes the I/O thread */
   int poked;
   int closing, terminating, finished, started;
+  int io_up;                /* the I/O thread runs io_main (see start_io) */
   mt_thread *handler;       /* the pool's result thread (core:adopt) */
+  struct pl_core *next_core, *prev_core;   /* every core of the process */
   pid_t owner;              /* the process that made the pool */
   long maxtasks;            /* per worker; 0: unlimited */
   int nworkers;
@@ -251,6 +253,76 @@ static void close_fd(int *fd) {
   }
 }
 
+/* ------------------------------------------------------------ forking */
+
+/* Forking while another thread is inside malloc leaves the child's
+** allocator locked when the allocator has no fork handlers (glibc's
+** has; AddressSanitizer's has not: a new worker then hung at its first
+** allocation).  Every allocation of an I/O thread happens under its
+** core's mutex, so a fork holds all of them, and the fd list's lock:
+** no pool thread is inside malloc or holds a pool lock at the fork. */
+static pthread_mutex_t cores_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct pl_core *cores;
+
+/* I/O threads that ended: a thread's exit frees memory too, so a fork
+** (and a new pool) first waits for them to be gone.  cores_mu held. */
+static pthread_t ended_io[64];
+static int nended_io;
+
+static void reap_ended_io(void) {
+  for (int i = 0; i < nended_io; i++) pthread_join(ended_io[i], NULL);
+  nended_io = 0;
+}
+
+static void io_ended(void) {
+  pthread_mutex_lock(&cores_mu);
+  if (nended_io == (int)(sizeof ended_io / sizeof ended_io[0])) reap_ended_io();
+  ended_io[nended_io++] = pthread_self();
+  pthread_mutex_unlock(&cores_mu);
+}
+
+static void cores_link(struct pl_core *c) {
+  pthread_mutex_lock(&cores_mu);
+  reap_ended_io();
+  c->prev_core = NULL;
+  c->next_core = cores;
+  if (cores) cores->prev_core = c;
+  cores = c;
+  pthread_mutex_unlock(&cores_mu);
+}
+
+static void cores_unlink(struct pl_core *c) {   /* cores_mu held */
+  if (c->prev_core) c->prev_core->next_core = c->next_core;
+  else cores = c->next_core;
+  if (c->next_core) c->next_core->prev_core = c->prev_core;
+}
+
+static void fork_prepare(void) {
+  pthread_mutex_lock(&cores_mu);
+  reap_ended_io();
+  for (struct pl_core *c = cores; c; c = c->next_core) pthread_mutex_lock(&c->mu);
+  pthread_mutex_lock(&fds_mu);
+}
+
+static void fork_parent(void) {
+  pthread_mutex_unlock(&fds_mu);
+  for (struct pl_core *c = cores; c; c = c->next_core) pthread_mutex_unlock(&c->mu);
+  pthread_mutex_unlock(&cores_mu);
+}
+
+/* In the child the parent's pools are not ours: their locks are made
+** usable (free), nothing else. */
+static void fork_child(void) {
+  pthread_mutex_init(&fds_mu, NULL);
+  for (struct pl_core *c = cores; c; c = c->next_core) {
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->in_mu, NULL);
+    pthread_cond_init(&c->cond, NULL);
+  }
+  pthread_mutex_init(&cores_mu, NULL);
+  nended_io = 0;   /* the parent's threads, not ours */
+}
+
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -262,6 +334,9 @@ static void core_unref(pl_core *c) {
   int last = --c->refs == 0;
   pthread_mutex_unlock(&c->mu);
   if (!last) return;
+  /* frees under cores_mu: a fork elsewhere waits for them (see above) */
+  pthread_mutex_lock(&cores_mu);
+  cores_unlink(c);
   for (size_t i = 0; i < c->ndefs; i++) free(c->defs[i].p);
   free(c->defs);
   for (int i = 0; i < c->nworkers; i++) {
@@ -286,6 +361,7 @@ static void core_unref(pl_core *c) {
   free(c->pfd);
   free(c->pslot);
   free(c);
+  pthread_mutex_unlock(&cores_mu);
 }
 
 /* Wakes the I/O thread (c->mu held).  One write until it has looked. */
@@ -659,6 +735,8 @@ static void *io_main(void *arg) {
   struct pollfd *pfd = c->pfd;
   int *slot = c->pslot;
   pthread_mutex_lock(&c->mu);
+  c->io_up = 1;
+  pthread_cond_broadcast(&c->cond);
   for (;;) {
     io_take_incoming(c, 0);
     io_dispatch(c);
@@ -700,6 +778,7 @@ static void *io_main(void *arg) {
   pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->mu);
   core_unref(c);
+  io_ended();
   return NULL;
 }
 
@@ -759,6 +838,7 @@ static int core_new(lua_State *L) {
   c->maxtasks = maxtasks > 0 ? (long)maxtasks : 0;
   c->nworkers = (int)n;
   for (int i = 0; i < n; i++) { c->w[i].fd = -1; c->w[i].service = -1; }
+  cores_link(c);
   *box = c;
   return 1;
 }
@@ -766,8 +846,7 @@ static int core_new(lua_State *L) {
 static void start_io(lua_State *L, pl_core *c) {
   pthread_t th;
   pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_init(&attr);   /* joinable: reaped by reap_ended_io */
   c->refs++;
   int rc = pthread_create(&th, &attr, io_main, c);
   pthread_attr_destroy(&attr);
@@ -776,6 +855,11 @@ static void start_io(lua_State *L, pl_core *c) {
     mt_raise(L, "RuntimeError", "can't start the pool's I/O thread");
   }
   c->started = 1;
+  /* A starting thread allocates (its TLS, a sanitizer's records)
+  ** outside our locks: the next fork waits until it is in io_main. */
+  pthread_mutex_lock(&c->mu);
+  while (!c->io_up) pthread_cond_wait(&c->cond, &c->mu);
+  pthread_mutex_unlock(&c->mu);
 }
 
 /* In a worker: its ring (results out, and the job it took: see
@@ -850,12 +934,16 @@ static int core_spawn(lua_State *L) {
   ring_reset(&c->rings[slot]);   /* its last worker is reaped */
   if (c->handler != NULL && mt_self(L) == c->handler) lua_pushcfunction(L, handler_fork);
   else lua_getiuservalue(L, 1, 1);   /* _multiprocessing.fork */
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {   /* no fd may leak */
+  fork_prepare();
+  int st = lua_pcall(L, 0, 1, 0);
+  pid_t pid = st == LUA_OK ? (pid_t)lua_tointeger(L, -1) : -1;
+  if (pid == 0) fork_child();
+  else fork_parent();
+  if (st != LUA_OK) {   /* no fd may leak */
     close_fd(&sv[0]);
     close_fd(&sv[1]);
     return lua_error(L);
   }
-  pid_t pid = (pid_t)lua_tointeger(L, -1);
   lua_pop(L, 1);
   if (pid == 0) {
     wk_ring = &c->rings[slot];
@@ -1097,6 +1185,33 @@ static int core_abandon(lua_State *L) {
   return 0;
 }
 
+/* core:debug() -> a line describing the core (for diagnosing hangs) */
+static int core_debug(lua_State *L) {
+  pl_core *c = checkcore(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  pthread_mutex_lock(&c->mu);
+  pthread_mutex_lock(&c->in_mu);
+  lua_pushfstring(L, "pending=%d incoming=%d hungry=%d in_poked=%d poked=%d nev=%d closing=%d finished=%d",
+                  (int)c->pending.count, (int)c->incoming.count, c->hungry, c->in_poked, c->poked,
+                  (int)c->nev, c->closing, c->finished);
+  pthread_mutex_unlock(&c->in_mu);
+  luaL_addvalue(&b);
+  for (int i = 0; i < c->nworkers; i++) {
+    pl_worker *w = &c->w[i];
+    pl_ring *r = &c->rings[i];
+    lua_pushfstring(L, "\n  w%d state=%d pid=%d fd=%d inflight=%d unsent=%s given=%d done=%d ilen=%d ring=%d idle=%d waits=%d took=%d",
+                    i, w->state, (int)w->pid, w->fd, (int)w->inflight.count, w->unsent ? "yes" : "no",
+                    (int)w->given, (int)w->done, (int)w->ilen,
+                    (int)(atomic_load(&r->tail) - atomic_load(&r->head)), (int)atomic_load(&r->parent_idle),
+                    (int)atomic_load(&r->worker_waits), (int)atomic_load(&r->took));
+    luaL_addvalue(&b);
+  }
+  pthread_mutex_unlock(&c->mu);
+  luaL_pushresult(&b);
+  return 1;
+}
+
 /* core:pids() -> array of the live workers' pids */
 static int core_pids(lua_State *L) {
   pl_core *c = checkcore(L);
@@ -1135,6 +1250,7 @@ static const luaL_Reg core_methods[] = {
   {"terminate", core_terminate},
   {"abandon", core_abandon},
   {"pids", core_pids},
+  {"debug", core_debug},
   {NULL, NULL}
 };
 
