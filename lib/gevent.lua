@@ -151,8 +151,35 @@ local THIS_FILES, local_name_of = threading._THIS_FILES, H.local_name_of
 local ginit, GKEY = gmod._init, gmod._KEY
 local EMPTY_ARGS = { n = 0 }   -- shared by every Greenlet spawned without arguments
 
+-- A Greenlet is done once _ok is set: true (returned, GreenletExit or
+-- killed before it started) or false (raised).  One field for both
+-- keeps a spawned Greenlet's instance within 8 hash slots.
 local function is_ready(g)
-  return rawget(g, "_done") == true or rawget(g, "_killed_early") == true
+  return rawget(g, "_ok") ~= nil
+end
+
+-- _links holds the one callback most Greenlets get (joinall's), or a
+-- list of them marked by LINKS: no table per Greenlet for one link.
+local LINKS = {}
+
+local function add_link(g, callback)
+  local links = rawget(g, "_links")
+  if links == nil then g._links = callback
+  elseif getmetatable(links) == LINKS then links[#links + 1] = callback
+  else g._links = setmetatable({ links, callback }, LINKS) end
+end
+
+-- Calls (or, for a greenlet, schedules) each link with the finished g.
+local function fire_links(g, links, report)
+  if getmetatable(links) ~= LINKS then links = { links } end
+  for i = 1, #links do
+    local l = links[i]
+    if isinstance(l, greenlet) then schedule(l, g)
+    else
+      local lok, lerr = pcall(l, g)
+      if not lok and report then report(g, lerr) end
+    end
+  end
 end
 
 local function check_run(run)
@@ -166,31 +193,20 @@ local function bootstrap(self)
   if self._killed_early then return end
   local args = self.args
   local ok, v = xpcall(self._run, msghandler, unpack(args, 1, args.n))
-  if ok then
+  if ok or isinstance(v, gmod.GreenletExit) then
+    ok = true
     self.value = v
-    self._ok = true
-  elseif isinstance(v, gmod.GreenletExit) then
-    self.value = v
-    self._ok = true
   else
     self.exception = v
-    self._ok = false
     report_error(self, v)
   end
-  self._done = true
+  self._ok = ok
   local links = self._links
   if links then
     self._links = nil
-    for i = 1, #links do
-      local l = links[i]
-      if isinstance(l, greenlet) then schedule(l, self)
-      else
-        local lok, lerr = pcall(l, self)
-        if not lok then report_error(self, lerr) end
-      end
-    end
+    fire_links(self, links, report_error)
   end
-  if not self._ok and (isinstance(v, KeyboardInterrupt) or isinstance(v, SystemExit)) then
+  if not ok and (isinstance(v, KeyboardInterrupt) or isinstance(v, SystemExit)) then
     schedule_throw(gmod._getmain(), v)
   end
 end
@@ -219,7 +235,7 @@ local function new_greenlet(run, ...)
     [GKEY] = false, _run = run, _scheduled = true,
     args = select("#", ...) == 0 and EMPTY_ARGS or pack(...),
     _hint = local_name_of(run, THIS_FILES) or false,
-    _done = nil, _ok = nil, value = nil, _links = nil,
+    _ok = nil, value = nil, _links = nil,
   }, Greenlet)
   ginit(self, bootstrap, H.get_hub())
   return self
@@ -228,7 +244,7 @@ end
 function Greenlet:__getattr__(key)
   if key == "started" then return started(self) or rawget(self, "_scheduled") == true end
   if key == "dead" then
-    return rawget(self, "_done") == true or (rawget(self, "_killed_early") == true)
+    return rawget(self, "_ok") ~= nil
         or gmod.greenlet.__getattr__(self, "dead") == true
   end
   if key == "name" then
@@ -274,7 +290,7 @@ function Greenlet.spawn(cls_or_f, ...)
   return g
 end
 
-function Greenlet:ready() return rawget(self, "_done") == true or rawget(self, "_killed_early") == true end
+function Greenlet:ready() return rawget(self, "_ok") ~= nil end
 function Greenlet:successful() return rawget(self, "_ok") == true end
 
 function Greenlet:link(callback)
@@ -283,14 +299,14 @@ function Greenlet:link(callback)
     M.spawn(function() callback(me) end)
     return
   end
-  local links = rawget(self, "_links")
-  if not links then links = {}; self._links = links end
-  links[#links + 1] = callback
+  add_link(self, callback)
 end
 
 function Greenlet:unlink(callback)
   local links = rawget(self, "_links")
-  if links then remove_item(links, callback) end
+  if links == nil then return end
+  if getmetatable(links) == LINKS then remove_item(links, callback)
+  elseif rawequal(links, callback) then self._links = nil end
 end
 
 function Greenlet:join(timeout)
@@ -298,9 +314,7 @@ function Greenlet:join(timeout)
   timeout = opt_timeout(timeout, "join")
   local cur = getcurrent()
   if cur == self then raise(RuntimeError("cannot join the current greenlet (it would wait for itself)")) end
-  local links = rawget(self, "_links")
-  if not links then links = {}; self._links = links end
-  links[#links + 1] = cur
+  add_link(self, cur)
   local deadline = timeout and monotonic() + timeout
   while not is_ready(self) do
     local ok, v = pcall(wait_for_wake, deadline and deadline - monotonic())
@@ -338,9 +352,7 @@ function Greenlet:kill(exception, block, timeout)
     if rawget(self, "_start_timer") then self._start_timer:cancel() end
     local links = rawget(self, "_links")
     self._links = nil
-    if links then for i = 1, #links do
-      if isinstance(links[i], greenlet) then schedule(links[i], self) else pcall(links[i], self) end
-    end end
+    if links then fire_links(self, links, nil) end
     return
   end
   if getcurrent() == self then error(exception, 0) end

@@ -118,6 +118,34 @@ local gl = gevent.spawn(function() return 7 end)
 gl:link(function(x) linked = x.value end)
 gl:join()
 t.is(linked, 7, "link callback")
+-- links kept as one callback, then a list: order, unlink from either form
+do
+  local calls = {}
+  local function a(x) calls[#calls + 1] = "a" end
+  local function b(x) calls[#calls + 1] = "b" end
+  local function c(x) calls[#calls + 1] = "c" end
+  local g1 = gevent.spawn(function() gevent.sleep(0) end)
+  g1:link(a); g1:unlink(a); g1:link(b)
+  g1:join(5)
+  t.is(table.concat(calls, ","), "b", "an unlinked single callback is not called")
+  calls = {}
+  local g2 = gevent.spawn(function() gevent.sleep(0) end)
+  g2:link(a); g2:link(b); g2:link(c); g2:unlink(b)
+  local waiter = gevent.spawn(function() return g2:join(5) end)   -- a greenlet link too
+  t.ok(gevent.joinall({ g2, waiter }, 5), "joinall over linked greenlets")
+  t.is(table.concat(calls, ","), "a,c", "list of links: in order, the unlinked one skipped")
+  t.is(waiter.value, true, "a greenlet linked among callbacks is woken")
+  calls = {}
+  local g3 = gevent.spawn(function() end)
+  g3:link(a); g3:link(c)
+  g3:kill()
+  t.is(table.concat(calls, ","), "a,c", "kill before start runs the links")
+  t.ok(g3:ready() and g3:successful() and g3.dead, "killed before start: ready, successful, dead")
+  local g4 = gevent.spawn(function() error(ValueError("x")) end)
+  io.stderr:write("# (a traceback of 'x' is expected here)\n")
+  g4:join(5)
+  t.ok(g4:ready() and not g4:successful() and g4.dead, "failed: ready, not successful, dead")
+end
 t.raises(function() gevent.sleep(-1) end, ValueError, nil, "sleep(-1) -> ValueError")
 local self_join = gevent.spawn(function() return pcall(function() gevent.getcurrent():join() end) end)
 self_join:join()
