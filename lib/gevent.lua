@@ -164,22 +164,23 @@ local LINKS = {}
 
 local function add_link(g, callback)
   local links = rawget(g, "_links")
-  if links == nil then g._links = callback
+  if links == nil then rawset(g, "_links", callback)
   elseif getmetatable(links) == LINKS then links[#links + 1] = callback
-  else g._links = setmetatable({ links, callback }, LINKS) end
+  else rawset(g, "_links", setmetatable({ links, callback }, LINKS)) end
 end
 
--- Calls (or, for a greenlet, schedules) each link with the finished g.
-local function fire_links(g, links, report)
-  if getmetatable(links) ~= LINKS then links = { links } end
-  for i = 1, #links do
-    local l = links[i]
-    if isinstance(l, greenlet) then schedule(l, g)
-    else
-      local lok, lerr = pcall(l, g)
-      if not lok and report then report(g, lerr) end
-    end
+-- Calls (or, for a greenlet, schedules) one link with the finished g.
+local function fire_link(g, l, report)
+  if type(l) == "table" and isinstance(l, greenlet) then schedule(l, g)
+  else
+    local lok, lerr = pcall(l, g)
+    if not lok and report then report(g, lerr) end
   end
+end
+
+local function fire_links(g, links, report)
+  if getmetatable(links) ~= LINKS then return fire_link(g, links, report) end
+  for i = 1, #links do fire_link(g, links[i], report) end
 end
 
 local function check_run(run)
@@ -188,22 +189,25 @@ local function check_run(run)
   end
 end
 
--- the run of every Greenlet: the hub starts it with the Greenlet itself
+-- the run of every Greenlet: the hub starts it with the Greenlet itself.
+-- Its fields are read and written raw: a missing one would go through
+-- Greenlet's __getattr__ and a new one through greenlet's __newindex.
+local GreenletExit = gmod.GreenletExit
 local function bootstrap(self)
-  if self._killed_early then return end
-  local args = self.args
-  local ok, v = xpcall(self._run, msghandler, unpack(args, 1, args.n))
-  if ok or isinstance(v, gmod.GreenletExit) then
+  if rawget(self, "_killed_early") then return end
+  local args = rawget(self, "args")
+  local ok, v = xpcall(rawget(self, "_run"), msghandler, unpack(args, 1, args.n))
+  if ok or isinstance(v, GreenletExit) then
     ok = true
-    self.value = v
+    rawset(self, "value", v)
   else
-    self.exception = v
+    rawset(self, "exception", v)
     report_error(self, v)
   end
-  self._ok = ok
-  local links = self._links
+  rawset(self, "_ok", ok)
+  local links = rawget(self, "_links")
   if links then
-    self._links = nil
+    rawset(self, "_links", nil)
     fire_links(self, links, report_error)
   end
   if not ok and (isinstance(v, KeyboardInterrupt) or isinstance(v, SystemExit)) then
@@ -403,7 +407,7 @@ function M.joinall(list, timeout, raise_error)
     local g = list[i]
     if not is_ready(g) then
       if g == cur then raise(RuntimeError("cannot join the current greenlet (it would wait for itself)")) end
-      g:link(on_done)
+      add_link(g, on_done)
       pending = pending + 1
       linked[pending] = g
     elseif raise_error and not g:successful() then
@@ -425,7 +429,7 @@ function M.joinall(list, timeout, raise_error)
   local done = {}
   for i = 1, #list do
     local g = list[i]
-    if g:ready() then
+    if is_ready(g) then
       done[#done + 1] = g
       if raise_error and not g:successful() then error(g.exception, 0) end
     end
