@@ -268,16 +268,37 @@ static struct pl_core *cores;
 ** (and a new pool) first waits for them to be gone.  cores_mu held. */
 static pthread_t ended_io[64];
 static int nended_io;
+static atomic_int io_exiting;   /* I/O threads past their loop, not listed */
+static pthread_cond_t io_ended_cond = PTHREAD_COND_INITIALIZER;
 
 static void reap_ended_io(void) {
   for (int i = 0; i < nended_io; i++) pthread_join(ended_io[i], NULL);
   nended_io = 0;
 }
 
+/* At exit, the ended ones are joined too, after waiting a little for
+** those that are ending (a sanitizer counts a joinable thread that
+** ended and was never joined as leaked). */
+static void reap_at_exit(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 2;
+  pthread_mutex_lock(&cores_mu);
+  while (atomic_load(&io_exiting) > 0)
+    if (pthread_cond_timedwait(&io_ended_cond, &cores_mu, &ts) == ETIMEDOUT) break;
+  reap_ended_io();
+  pthread_mutex_unlock(&cores_mu);
+}
+
+static void register_reaper(void) { atexit(reap_at_exit); }
+static pthread_once_t reaper_once = PTHREAD_ONCE_INIT;
+
 static void io_ended(void) {
   pthread_mutex_lock(&cores_mu);
   if (nended_io == (int)(sizeof ended_io / sizeof ended_io[0])) reap_ended_io();
   ended_io[nended_io++] = pthread_self();
+  atomic_fetch_sub(&io_exiting, 1);
+  pthread_cond_broadcast(&io_ended_cond);
   pthread_mutex_unlock(&cores_mu);
 }
 
@@ -320,7 +341,9 @@ static void fork_child(void) {
     pthread_cond_init(&c->cond, NULL);
   }
   pthread_mutex_init(&cores_mu, NULL);
+  pthread_cond_init(&io_ended_cond, NULL);
   nended_io = 0;   /* the parent's threads, not ours */
+  atomic_store(&io_exiting, 0);
 }
 
 static double now(void) {
@@ -774,6 +797,7 @@ static void *io_main(void *arg) {
   }
   io_take_incoming(c, 1);
   cancel_fifo(c, &c->pending);
+  atomic_fetch_add(&io_exiting, 1);   /* no cores_mu: it comes before c->mu */
   c->finished = 1;
   pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->mu);
@@ -847,6 +871,7 @@ static void start_io(lua_State *L, pl_core *c) {
   pthread_t th;
   pthread_attr_t attr;
   pthread_attr_init(&attr);   /* joinable: reaped by reap_ended_io */
+  pthread_once(&reaper_once, register_reaper);
   c->refs++;
   int rc = pthread_create(&th, &attr, io_main, c);
   pthread_attr_destroy(&attr);
