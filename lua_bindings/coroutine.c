@@ -362,7 +362,14 @@ gl_gr *gl_check(lua_State *L, int idx) {
   return g;
 }
 
+/* The main greenlet and the hub are anchored by registry refs: reading
+** those is cheaper than the weak table (every spawn pushes the hub). */
 void gl_push(lua_State *L, gl_gr *g) {
+  gl_ts *ts = g->ts;
+  if (!ts->dead) {
+    if (g == ts->hubgr && ts->hub_ref != LUA_NOREF) { lua_rawgeti(L, LUA_REGISTRYINDEX, ts->hub_ref); return; }
+    if (g == ts->main && ts->main_ref != LUA_NOREF) { lua_rawgeti(L, LUA_REGISTRYINDEX, ts->main_ref); return; }
+  }
   lua_getfield(L, LUA_REGISTRYINDEX, GR_WEAK);
   lua_rawgetp(L, -1, g);
   lua_remove(L, -2);
