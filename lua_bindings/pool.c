@@ -1,28 +1,35 @@
 /*
 ** pool.c -- the C part of `pool` (module "_pool"): forking pool workers,
-** the framing of task and result messages, and the pool's I/O thread.
-** The rest (Pool, ThreadPool, AsyncResult, the worker's task loop) is
-** lib/pool.lua.
+** the framing of task and result messages, the pool's I/O thread, and
+** the packed form of map chunks.  The rest (Pool, ThreadPool,
+** AsyncResult, the worker's task loop) is lib/pool.lua.
 **
-** Each worker has its own socketpair with the parent.  The parent gives
-** a task to one worker at a time and remembers, per worker, the tasks
-** it sent in order: results come back in that order, so when a worker's
-** socket reaches end of file (the worker died), the oldest task without
-** a result is exactly the one it was running.  That task fails with
-** WorkerLostError; the tasks queued behind it were never started and go
-** back to the pending queue.  This is how the pool never hangs.
+** Each worker has its own socketpair with the parent (tasks go down it)
+** and its own shared-memory ring (results come back through it; see
+** pl_ring).  The parent remembers, per worker, the tasks it sent in
+** order: results come back in that order, and the worker records in
+** its ring the job it took, so when its socket reaches end of file (the
+** worker died) the task it was running is known exactly.  That task
+** fails with WorkerLostError; what it finished is still in its ring;
+** the tasks queued behind it were never started and go back to the
+** pending queue.  This is how the pool never hangs.
 **
 ** The I/O thread is plain C: it never touches Lua, so tasks flow to the
 ** workers and results flow back while Lua threads hold the GIL.  It
 ** keeps few tasks in flight per worker (one while tasks are long, up to
 ** 128 while they take microseconds), which balances the load and keeps
 ** the workers busy.  Lua takes finished results with core:wait(), which
-** blocks with the GIL released.
+** blocks with the GIL released.  Submitting never waits for the I/O
+** thread (a list of its own), and wakes it only when a worker has room.
+**
+** Functions without upvalues of their own are pickled once per pool and
+** sent once per worker (definition frames); tasks then name them by id.
 **
 ** Frames (host byte order, same machine):
 **   parent -> worker:  u32 len, u64 job, u32 #payload, payload, extra
 **                      (len = 12 + #payload + #extra; extra: a map
-**                      chunk, raw, outside the signed pickle)
+**                      chunk, raw, outside the signed pickle; job < 0:
+**                      the definition of function -job)
 **   worker -> parent:  u32 len, u64 job, u8 ok, payload   (len = 9 + #payload)
 */
 #define _GNU_SOURCE
@@ -169,6 +176,7 @@ typedef struct pl_worker {
   pid_t pid;
   int fd;                   /* the parent's end, non-blocking; -1: closed */
   int shut;                 /* its write side shut: it gets no more tasks */
+  int open;                 /* io_dispatch: may get tasks this round */
   pl_fifo inflight;         /* sent (or being sent), oldest first */
   pl_frame *unsent;         /* first frame of inflight not fully written */
   long given;               /* tasks given during its life */
@@ -514,24 +522,27 @@ static void give(pl_core *c, pl_worker *w, pl_frame *f) {
   w->given++;
 }
 
-/* Hands pending tasks to the workers that are low, shared evenly, each
-** up to its limit; then writes what it can without waiting. */
+/* Hands pending tasks out one at a time, each to the least loaded of
+** the workers that were low when the round began (see worker_room:
+** tasks go out in batches, one write and one wake-up of the worker for
+** many), each up to its limit; then writes what it can without
+** waiting.  Least loaded first: map chunks submitted one by one spread
+** over the workers instead of piling up on the first. */
 static void io_dispatch(pl_core *c) {
+  for (int i = 0; i < c->nworkers; i++) c->w[i].open = worker_room(c, &c->w[i]);
   while (c->pending.head != NULL) {
-    size_t eligible = 0;
-    for (int i = 0; i < c->nworkers; i++) eligible += worker_room(c, &c->w[i]);
-    if (eligible == 0) break;
-    size_t share = (c->pending.count + eligible - 1) / eligible;
-    for (int i = 0; i < c->nworkers && c->pending.head != NULL; i++) {
+    pl_worker *best = NULL;
+    for (int i = 0; i < c->nworkers; i++) {
       pl_worker *w = &c->w[i];
-      if (!worker_room(c, w)) continue;
-      size_t want = worker_limit(w) - w->inflight.count;
-      if (c->maxtasks > 0 && want > (size_t)(c->maxtasks - w->given))
-        want = (size_t)(c->maxtasks - w->given);
-      if (want > share) want = share;
-      if (want == 0) want = 1;
-      while (want-- > 0 && c->pending.head != NULL) give(c, w, fifo_pop(&c->pending));
+      if (!w->open) continue;
+      if (w->inflight.count >= worker_limit(w) || (c->maxtasks > 0 && w->given >= c->maxtasks)) {
+        w->open = 0;
+        continue;
+      }
+      if (best == NULL || w->inflight.count < best->inflight.count) best = w;
     }
+    if (best == NULL) break;
+    give(c, best, fifo_pop(&c->pending));
   }
   for (int i = 0; i < c->nworkers; i++)
     if (c->w[i].unsent != NULL) io_write(c, &c->w[i]);
