@@ -1,8 +1,8 @@
 -- pool.lua: Python's multiprocessing.pool -- Pool (worker processes),
 -- ThreadPool (worker threads), AsyncResult, MapResult, IMapIterator,
--- WorkerLostError.  The process back end's plumbing (fork, one socket
--- per worker, the I/O thread that never lets the pool hang) is
--- lua_bindings/pool.c; see the comment at its top.
+-- WorkerLostError.  The process back end's plumbing (fork, a socket and
+-- a result ring per worker, the I/O thread that never lets the pool
+-- hang, packed map chunks) is lua_bindings/pool.c; see its top comment.
 --
 -- Beyond Python: functions travel by value (pickle), so closures and
 -- functions made after the pool work; a worker that dies mid-task fails
