@@ -384,9 +384,8 @@ function M.spawn_raw(f, ...)
   return g
 end
 
-function M.sleep(seconds, ref)
-  return H.sleep(seconds)
-end
+-- M.sleep is H.sleep itself (set above): a Lua wrapper costs a call
+-- per sleep; its second argument (gevent's 'ref') is ignored.
 
 -- joinall(greenlets, timeout?, raise_error?) -> the finished ones.
 -- One link per unfinished greenlet counts them down; the caller is
