@@ -24,7 +24,7 @@ LDFLAGS += $(SAN) -Wl,-E
 CORE_SRC := $(filter-out vm_glue/main.c,$(wildcard vm_glue/*.c)) $(wildcard lua_bindings/*.c)
 LIB_LUA  := $(shell find lib -name '*.lua' | sort)
 OBJS     := $(patsubst %.c,$(BUILD)/obj/%.o,$(CORE_SRC)) $(BUILD)/obj/lib_bundle.o
-HEADERS  := $(wildcard vm_glue/*.h)
+HEADERS  := $(wildcard vm_glue/*.h lua_bindings/*.h)
 
 # Debian packages: headers and tools the build and the suite need.
 DEPS_CHECK := test -f /usr/include/lua5.4/lua.h && test -f /usr/include/uv.h && \
