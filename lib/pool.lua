@@ -272,8 +272,7 @@ function IMapIterator:_fill(window)
     end
     if k > 0 then
       self._chunk_len[start] = k
-      local data = pool:_chunk(chunk, 1, k)
-      pool:_submit(pool:_newjob(self, start), 2, self._func, data, false)
+      pool:_submit_chunk(self, start, self._func, chunk, 1, k, false)
     end
   end
 end
@@ -415,8 +414,7 @@ function Base:_submit_chunks(target, func, items, n, chunksize, star)
   for start = 1, n, chunksize do
     local stop = math.min(start + chunksize - 1, n)
     if target._chunk_len then target._chunk_len[start] = stop - start + 1 end
-    local chunk = self:_chunk(items, start, stop)
-    self:_submit(self:_newjob(target, start), 2, func, chunk, star)
+    self:_submit_chunk(target, start, func, items, start, stop, star)
   end
 end
 
@@ -657,8 +655,19 @@ function Pool:_spawn(slot)
     self._initargs, self._maxtasks)
 end
 
--- A chunk crosses packed (numbers) or pickled, in one string.
-function Pool:_chunk(items, i, j) return pack_chunk(items, i, j) end
+-- A map chunk: items[i..j] for 'target' at position 'start'.  It
+-- crosses packed (numbers) or pickled, beside the signed function pickle.
+function Pool:_submit_chunk(target, start, func, items, i, j, star)
+  local job = self:_newjob(target, start)
+  local ok, fid = pcall(self._fid, self, func)
+  local data
+  if ok then ok, data = pcall(self._pickle.dumps, { 2, fid or func, nil, star }) else data = fid end
+  if ok then ok, data = pcall(self._core.submit_chunk, self._core, job, data, items, i, j, fid) end
+  if not ok then
+    self._jobs[job], self._starts[job] = nil, nil
+    error(data, 0)
+  end
+end
 
 -- A function whose upvalues are all the globals table (or that has
 -- none) holds no state of its own, so one pickle of it serves every
@@ -693,11 +702,8 @@ function Pool:_fid(func)
   return fid
 end
 
--- A map chunk (kind 2, args: the packed chunk) travels beside the
--- pickle, so that only the function is signed and checked.
 function Pool:_submit(job, kind, func, args, kwds)
   local extra
-  if kind == 2 then extra, args = args, nil end
   local ok, fid = pcall(self._fid, self, func)
   local data
   if ok then ok, data = pcall(self._pickle.dumps, { kind, fid or func, args, kwds }) else data = fid end
@@ -796,7 +802,9 @@ function ThreadPool:_start_worker()
   t:start()
 end
 
-function ThreadPool:_chunk(items, i, j) return move(items, i, j, 1, { n = j - i + 1 }) end
+function ThreadPool:_submit_chunk(target, start, func, items, i, j, star)
+  self:_submit(self:_newjob(target, start), 2, func, move(items, i, j, 1, { n = j - i + 1 }), star)
+end
 
 function ThreadPool:_submit(job, kind, func, args, kwds)
   local cond = self._tcond

@@ -1006,20 +1006,19 @@ static int core_spawn(lua_State *L) {
   return 1;
 }
 
-/* core:submit(job, payload, extra?, fid?): queues a task for the I/O
-** thread; fid names the cached function it calls (core:define). */
-static int core_submit(lua_State *L) {
-  pl_core *c = checkcore(L);
-  lua_Integer job = luaL_checkinteger(L, 2);
-  size_t plen, elen = 0;
-  const char *payload = luaL_checklstring(L, 3, &plen);
-  const char *extra = luaL_optlstring(L, 4, "", &elen);
-  lua_Integer fid = luaL_optinteger(L, 5, 0);
-  if (plen > PL_MAXFRAME - 32 || elen > PL_MAXFRAME - 32 - plen)
-    return mt_raise(L, "ValueError", "pool: task of %d bytes is too large", (int)(plen + elen));
+static int pack_into(lua_State *L, int t, lua_Integer i, lua_Integer j, char *out);
+static void pickle_slice(lua_State *L, int t, lua_Integer i, lua_Integer j);
+
+/* A task frame with room for 'elen' bytes of extra after the payload. */
+static pl_frame *new_task(lua_State *L, lua_Integer job, const char *payload,
+                          size_t plen, size_t elen, lua_Integer fid) {
+  if (plen > PL_MAXFRAME - 32 || elen > PL_MAXFRAME - 32 - plen) {
+    mt_raise(L, "ValueError", "pool: task of %d bytes is too large", (int)(plen + elen));
+    return NULL;
+  }
   size_t len = plen + elen;
   pl_frame *f = malloc(sizeof *f + PL_HDR_TASK + len);
-  if (f == NULL) return luaL_error(L, "not enough memory");
+  if (f == NULL) { luaL_error(L, "not enough memory"); return NULL; }
   uint32_t flen = (uint32_t)(12 + len), p32 = (uint32_t)plen;
   uint64_t j = (uint64_t)job;
   f->job = j;
@@ -1030,7 +1029,11 @@ static int core_submit(lua_State *L) {
   memcpy(f->data + 4, &j, 8);
   memcpy(f->data + 12, &p32, 4);
   memcpy(f->data + PL_HDR_TASK, payload, plen);
-  memcpy(f->data + PL_HDR_TASK + plen, extra, elen);
+  return f;
+}
+
+/* Hands a task to the I/O thread (it owns f from here). */
+static int push_task(lua_State *L, pl_core *c, pl_frame *f) {
   pthread_mutex_lock(&c->in_mu);
   if (c->in_closed) {
     pthread_mutex_unlock(&c->in_mu);
@@ -1046,6 +1049,46 @@ static int core_submit(lua_State *L) {
     if (write(c->efd, &one, sizeof one) < 0) { /* full counter: awake anyway */ }
   }
   return 0;
+}
+
+/* core:submit(job, payload, extra?, fid?): queues a task for the I/O
+** thread; fid names the cached function it calls (core:define). */
+static int core_submit(lua_State *L) {
+  pl_core *c = checkcore(L);
+  lua_Integer job = luaL_checkinteger(L, 2);
+  size_t plen, elen = 0;
+  const char *payload = luaL_checklstring(L, 3, &plen);
+  const char *extra = luaL_optlstring(L, 4, "", &elen);
+  lua_Integer fid = luaL_optinteger(L, 5, 0);
+  pl_frame *f = new_task(L, job, payload, plen, elen, fid);
+  memcpy(f->data + PL_HDR_TASK + plen, extra, elen);
+  return push_task(L, c, f);
+}
+
+/* core:submit_chunk(job, payload, items, i, j, fid?): a map chunk task
+** whose extra is items[i..j], packed straight into the frame (no string
+** in between); a chunk that cannot be packed goes pickled. */
+static int core_submit_chunk(lua_State *L) {
+  pl_core *c = checkcore(L);
+  lua_Integer job = luaL_checkinteger(L, 2);
+  size_t plen;
+  const char *payload = luaL_checklstring(L, 3, &plen);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 5), j = luaL_checkinteger(L, 6);
+  lua_Integer fid = luaL_optinteger(L, 7, 0);
+  if (j < i) j = i - 1;
+  if (j - i >= 0x7ffffff) return mt_raise(L, "ValueError", "pool: chunk of %d items is too large", (int)(j - i + 1));
+  size_t elen = 5 + 9 * (size_t)(j - i + 1);
+  pl_frame *f = new_task(L, job, payload, plen, elen, fid);
+  if (!pack_into(L, 4, i, j, f->data + PL_HDR_TASK + plen)) {
+    free(f);
+    size_t xlen;
+    pickle_slice(L, 4, i, j);
+    const char *x = lua_tolstring(L, -1, &xlen);
+    f = new_task(L, job, payload, plen, xlen, fid);
+    memcpy(f->data + PL_HDR_TASK + plen, x, xlen);
+  }
+  return push_task(L, c, f);
 }
 
 /* While results stream in (Lua took some less than 2 ms ago), waits up
@@ -1279,6 +1322,7 @@ static int core_gc(lua_State *L) {
 static const luaL_Reg core_methods[] = {
   {"spawn", core_spawn},
   {"submit", core_submit},
+  {"submit_chunk", core_submit_chunk},
   {"define", core_define},
   {"adopt", core_adopt},
   {"wait", core_wait},
@@ -1429,13 +1473,11 @@ static int wk_send(lua_State *L) {
 ** with 'N'). */
 enum { PK_INT, PK_FLT, PK_NIL, PK_TRUE, PK_FALSE };
 
-/* Packs t[i..j] if every value is a number, a boolean or nil; else
-** pushes nothing and returns 0.  One pass: a chunk of another kind
-** shows it at once, usually at its first value. */
-static int pack_numbers(lua_State *L, int t, lua_Integer i, lua_Integer j) {
+/* Packs t[i..j] into out (5 + 9 * count bytes) if every value is a
+** number, a boolean or nil; else returns 0.  One pass: a chunk of
+** another kind shows it at once, usually at its first value. */
+static int pack_into(lua_State *L, int t, lua_Integer i, lua_Integer j, char *out) {
   size_t n = (size_t)(j - i + 1);
-  luaL_Buffer b;
-  char *out = luaL_buffinitsize(L, &b, 5 + 9 * n);
   uint32_t n32 = (uint32_t)n;
   out[0] = 'N';
   memcpy(out + 1, &n32, 4);
@@ -1460,13 +1502,37 @@ static int pack_numbers(lua_State *L, int t, lua_Integer i, lua_Integer j) {
         memset(v, 0, 8);
         break;
       default:
-        lua_pop(L, 2);   /* the value and the buffer's box */
+        lua_pop(L, 1);
         return 0;
     }
     lua_pop(L, 1);
   }
+  return 1;
+}
+
+static int pack_numbers(lua_State *L, int t, lua_Integer i, lua_Integer j) {
+  size_t n = (size_t)(j - i + 1);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, 5 + 9 * n);
+  if (!pack_into(L, t, i, j, out)) {
+    lua_pop(L, 1);   /* the buffer's box */
+    return 0;
+  }
   luaL_pushresultsize(&b, 5 + 9 * n);
   return 1;
+}
+
+/* Pushes the pickle of t[i..j] as an array with .n. */
+static void pickle_slice(lua_State *L, int t, lua_Integer i, lua_Integer j) {
+  lua_createtable(L, (int)(j - i + 1), 1);
+  for (lua_Integer k = i; k <= j; k++) {
+    lua_rawgeti(L, t, k);
+    lua_rawseti(L, -2, k - i + 1);
+  }
+  lua_pushinteger(L, j - i + 1);
+  lua_setfield(L, -2, "n");
+  pk_dumps(L, -1);
+  lua_remove(L, -2);
 }
 
 /* _pool.pack(t, i, j) -> string: t[i..j] as one chunk. */
@@ -1476,14 +1542,7 @@ static int pl_pack(lua_State *L) {
   if (j < i) j = i - 1;
   if (j - i >= 0x7ffffff) return mt_raise(L, "ValueError", "pool: chunk of %d items is too large", (int)(j - i + 1));
   if (pack_numbers(L, 1, i, j)) return 1;
-  lua_createtable(L, (int)(j - i + 1), 1);
-  for (lua_Integer k = i; k <= j; k++) {
-    lua_rawgeti(L, 1, k);
-    lua_rawseti(L, -2, k - i + 1);
-  }
-  lua_pushinteger(L, j - i + 1);
-  lua_setfield(L, -2, "n");
-  pk_dumps(L, -1);
+  pickle_slice(L, 1, i, j);
   return 1;
 }
 

@@ -219,6 +219,10 @@ do
   t.raises(function() p:apply_async(square, { coroutine.create(print) }) end, TypeError, "pickle",
     "unpicklable argument -> TypeError at apply_async")
   t.is(p:apply(square, { 4 }), 16, "and the pool goes on")
+  t.raises(function() p:map(square, { 1, 2, coroutine.create(print) }, 3) end, TypeError, "pickle",
+    "an unpicklable map item -> TypeError at map")
+  t.raises(function() p:map(print, { 1, 2 }, 1, 5) end, TypeError, "callback", "map_async callback not callable")
+  t.is(p:map(square, { 5 })[1], 25, "and the pool goes on after it")
   -- globals are not shared
   COUNTER = 0
   p:map(function() COUNTER = (COUNTER or 0) + 1 end, { 1, 2, 3 })
