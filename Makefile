@@ -14,11 +14,13 @@ PKGS    := lua5.4 libuv
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fPIC -pthread \
            -Ivm_glue $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(SAN)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
+# '=' not ':=': pkg-config is asked when a rule runs, after `make deps`
+# has installed it on a fresh machine, not when the Makefile is read
+LDLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm -ldl
 # the binary carries Lua itself (Debian's liblua5.4.a): calls into the Lua
 # API skip the PLT, 5-10% on lock and pickle paths; -Wl,-E still exports
 # the API to C modules loaded with require
-BIN_LDLIBS := -Wl,-Bstatic -llua5.4 -Wl,-Bdynamic $(shell pkg-config --libs libuv 2>/dev/null) -lpthread -lm -ldl
+BIN_LDLIBS = -Wl,-Bstatic -llua5.4 -Wl,-Bdynamic $(shell pkg-config --libs libuv 2>/dev/null) -lpthread -lm -ldl
 LDFLAGS += $(SAN) -Wl,-E
 
 CORE_SRC := $(filter-out vm_glue/main.c,$(wildcard vm_glue/*.c)) $(wildcard lua_bindings/*.c)
