@@ -317,12 +317,12 @@ static int sem_spin(ms_sem *s, int kind, uint64_t me) {
 }
 
 /* Takes a unit before the deadline (-2: only if free now).  Returns 1
-** taken, 0 not, -1 interrupted (nothing taken).  'stubborn': Ctrl-C
+** taken, 0 not, -1 interrupted (nothing taken).  'insistent': Ctrl-C
 ** does not end the wait (it stays pending for the caller).  A sleeper
 ** announces itself (sleepers), reads the sequence, then tries once
 ** more: a release either is seen by that try or bumps the sequence
 ** before the futex wait, which then returns at once. */
-static int sem_take(lua_State *L, ms_handle *hd, double deadline, int stubborn) {
+static int sem_take(lua_State *L, ms_handle *hd, double deadline, int insistent) {
   ms_sem *s = (ms_sem *)hd->h;
   uint64_t me = ms_me(L);
   int kind = hd->kind;
@@ -348,7 +348,7 @@ static int sem_take(lua_State *L, ms_handle *hd, double deadline, int stubborn) 
     atomic_fetch_sub(&s->h.sleepers, 1);
     if (got) return 1;
     if (atomic_load(&s->h.seq) == v && sem_repair(s, kind)) continue;   /* a quiet slice */
-    if (ms_interrupted(L) && !stubborn) {
+    if (ms_interrupted(L) && !insistent) {
       if (kind == MS_LOCK ? atomic_load(&s->owner) == 0 : atomic_load(&s->value) > 0)
         sem_wake(s, 1);   /* pass on a wake-up we may have taken */
       return -1;
