@@ -749,6 +749,7 @@ end
 --------------------------------------------------------------- startup
 
 _main_thread = _MainThread()
-_t.atexit(M._shutdown)
+-- M._shutdown is run by the runtime at exit (vm_glue/state.c), before
+-- the exit handlers, as CPython does
 
 return M

@@ -131,7 +131,23 @@ static void report_uncaught(lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
+/* As CPython's finalisation: the non-daemon threads are waited for
+** first, then the exit handlers run (multiprocessing's join of its
+** children, pools' terminate...). */
+static void join_threads(lua_State *L) {
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "threading") == LUA_TTABLE &&
+      lua_getfield(L, -1, "_shutdown") == LUA_TFUNCTION) {
+    lua_pushcfunction(L, mt_msghandler);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 0, 0, -2) != LUA_OK) report_uncaught(L, -1);
+  }
+  lua_settop(L, top);
+}
+
 void mt_run_atexit(lua_State *L) {
+  join_threads(L);
   lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY);
   for (lua_Integer i = luaL_len(L, -1); i >= 1; i--) {
     lua_pushcfunction(L, mt_msghandler);
