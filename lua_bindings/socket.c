@@ -75,6 +75,14 @@ static int sk_raise_gai(lua_State *L, int code) {
 
 /* ------------------------------------------------------------- state */
 
+/* None (nil) when blocking, as Python's sock.timeout. */
+static void sk_publish_timeout(lua_State *L, int selfidx, const sk_sock *s) {
+  selfidx = lua_absindex(L, selfidx);
+  if (s->timeout < 0) lua_pushnil(L);
+  else lua_pushnumber(L, s->timeout);
+  lua_setfield(L, selfidx, "timeout");
+}
+
 /* Every close of a socket's fd tells the hub first (its waits on the
 ** fd were made with MT_FD_KEEP: it may still watch it). */
 static void sk_forget(lua_State *L, int fd) {
@@ -102,6 +110,23 @@ static sk_sock *sk_newstate(lua_State *L, int selfidx) {
   luaL_setmetatable(L, STATE_MT);
   lua_rawsetp(L, selfidx, &SOCK_KEY);
   return s;
+}
+
+/* sock.family, .type, .proto and .timeout are plain fields of the
+** instance, copied from the C state whenever it changes: a computed
+** __getattr__ would put a Lua call into every method lookup (the
+** class's __index becomes a function), a sixth of an echo loop's
+** user-space time.  Python makes them read-only; here writing them
+** changes nothing but the field. */
+static void sk_publish(lua_State *L, int selfidx, const sk_sock *s) {
+  selfidx = lua_absindex(L, selfidx);
+  lua_pushinteger(L, s->family);
+  lua_setfield(L, selfidx, "family");
+  lua_pushinteger(L, s->type);
+  lua_setfield(L, selfidx, "type");
+  lua_pushinteger(L, s->proto);
+  lua_setfield(L, selfidx, "proto");
+  sk_publish_timeout(L, selfidx, s);
 }
 
 static sk_sock *sk_check(lua_State *L) {
@@ -147,6 +172,7 @@ static sk_sock *sk_pushnew(lua_State *L, int clsidx, const sk_sock *like) {
   s->timeout = default_timeout(L);
   if (lua_getfield(L, -1, "_gevent") != LUA_TNIL) s->gevent = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  sk_publish(L, -1, s);
   return s;
 }
 
@@ -215,11 +241,15 @@ typedef ssize_t (*sk_op)(int fd, void *arg);
 
 /* A write runs with the GIL released, as in CPython: a peer it wakes
 ** can take the GIL at once instead of waking only to wait for it (on
-** one CPU that halves the context switches of a ping-pong). */
+** one CPU that halves the context switches of a ping-pong).  With one
+** OS thread in the universe nobody can take it: the non-blocking
+** syscall then runs with the GIL kept, saving two mutex round trips.
+** (A host thread entering through mtlua_gil_ensure just waits until
+** the next real wait, one syscall later.) */
 static ssize_t run_op(lua_State *L, sk_sock *s, int events, sk_op op, void *arg) {
   ssize_t r;
   int fd = s->fd, err;
-  if (events == POLLIN) return op(fd, arg);
+  if (events == POLLIN || mt_universe_of(L)->nthreads <= 1) return op(fd, arg);
   mt_blocking_begin(L);
   r = op(fd, arg);
   err = errno;
@@ -453,6 +483,7 @@ static int sk_init(lua_State *L) {
     s->proto = proto;
   }
   s->type &= ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+  sk_publish(L, 1, s);
   return 0;
 }
 
@@ -722,6 +753,7 @@ static double check_timeout(lua_State *L, int idx, const char *fname) {
 static int sk_settimeout(lua_State *L) {
   sk_sock *s = sk_check(L);
   s->timeout = check_timeout(L, 2, "settimeout");
+  sk_publish_timeout(L, 1, s);
   return 0;
 }
 
@@ -741,6 +773,7 @@ static int sk_setblocking(lua_State *L) {
     return mt_argtype_error(L, 2, "setblocking", "flag", "a boolean");
   int on = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) != 0 : lua_toboolean(L, 2);
   s->timeout = on ? -1 : 0;
+  sk_publish_timeout(L, 1, s);
   return 0;
 }
 
@@ -830,21 +863,9 @@ static int sk_dup(lua_State *L) {
   push_accept_class(L, 1);
   sk_sock *c = sk_pushnew(L, -1, s);
   c->timeout = s->timeout;
+  sk_publish_timeout(L, -1, c);
   c->fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
   if (c->fd < 0) sk_raise_errno(L, errno);
-  return 1;
-}
-
-/* Computed fields: sock.family, sock.type, sock.proto, sock.timeout. */
-static int sk_getattr(lua_State *L) {
-  sk_sock *s = mt_toobject(L, 1, &SOCK_KEY);
-  const char *k = lua_tostring(L, 2);
-  if (s == NULL || k == NULL || lua_type(L, 2) != LUA_TSTRING) return 0;
-  if (strcmp(k, "family") == 0) lua_pushinteger(L, s->family);
-  else if (strcmp(k, "type") == 0) lua_pushinteger(L, s->type);
-  else if (strcmp(k, "proto") == 0) lua_pushinteger(L, s->proto);
-  else if (strcmp(k, "timeout") == 0) push_timeout(L, s->timeout);
-  else return 0;
   return 1;
 }
 
@@ -908,7 +929,6 @@ static int sk_tostring(lua_State *L) {
 
 static const luaL_Reg sk_methods[] = {
   {"__init__", sk_init},
-  {"__getattr__", sk_getattr},
   {"__tostring", sk_tostring},
   {"__enter__", sk_enter},
   {"__exit__", sk_exit},
@@ -1081,6 +1101,7 @@ static int m_create_connection(lua_State *L) {
     s->fd = fd;
     s->family = family;
     s->timeout = timeout;
+    sk_publish(L, -1, s);
     if (!lua_isnil(L, 3)) {
       sk_addr src;
       socklen_t slen = sk_getaddr(L, family, 3, &src, "create_connection");
@@ -1128,6 +1149,7 @@ static int m_create_server(lua_State *L) {
   if (fd < 0) return sk_raise_errno(L, errno);
   s->fd = fd;
   s->family = family;
+  sk_publish(L, -1, s);
   int on = 1;
   if (family != AF_UNIX && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0)
     return sk_raise_errno(L, errno);
@@ -1160,6 +1182,8 @@ static int m_socketpair(lua_State *L) {
   a->family = b->family = family;
   a->type = b->type = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
   a->proto = b->proto = proto;
+  sk_publish(L, -2, a);
+  sk_publish(L, -1, b);
   return 2;
 }
 
