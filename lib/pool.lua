@@ -194,10 +194,10 @@ M.MapResult = MapResult
 
 function MapResult:__init__(pool, n, nchunks, callback, error_callback)
   AsyncResult.__init__(self, pool, callback, error_callback)
-  self._value = _pool.newarray(n)
+  self._n = n
   self._left = nchunks
   self._failed = false
-  if nchunks == 0 then self:_set(true, self._value) end
+  if nchunks == 0 then self:_set(true, _pool.newarray(n)) end
 end
 
 function MapResult:_set_chunk(start, ok, values)
@@ -206,7 +206,11 @@ function MapResult:_set_chunk(start, ok, values)
     self._failed = true
     return self:_set(false, values)
   end
-  local out = self._value
+  -- The array of results is made with the first of them, on the result
+  -- thread while the workers compute: faulting in a large new table
+  -- before the first chunk went out delayed them all.
+  local out = self._out
+  if out == nil then out = _pool.newarray(self._n); self._out = out end
   if type(values) == "string" then   -- a packed chunk from a worker process
     unpack_into(out, start, values)
   else

@@ -1089,6 +1089,19 @@ static int core_submit_chunk(lua_State *L) {
   return push_task(L, c, f);
 }
 
+/* Whether no task is queued or in flight: the last result of a map
+** is then in, and lingering for more would only delay it.  c->mu held
+** (in_mu comes after it). */
+static int all_done(pl_core *c) {
+  if (c->pending.head != NULL) return 0;
+  for (int i = 0; i < c->nworkers; i++)
+    if (c->w[i].state == W_LIVE && c->w[i].inflight.count > 0) return 0;
+  pthread_mutex_lock(&c->in_mu);
+  int none = c->incoming.head == NULL;
+  pthread_mutex_unlock(&c->in_mu);
+  return none;
+}
+
 /* While results stream in (Lua took some less than 2 ms ago), waits up
 ** to half a millisecond for more: the result thread then takes the GIL
 ** once per batch instead of once per result.  A lone result (apply
@@ -1099,7 +1112,7 @@ static void linger(pl_core *c) {
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_nsec += 500000;
   if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
-  while (c->nev < 256 && !c->finished)
+  while (c->nev < 256 && !c->finished && !all_done(c))
     if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) break;
 }
 
