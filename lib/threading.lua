@@ -146,6 +146,13 @@ end
 
 -- 'name' is formatted when first read (Thread{} stays cheap).
 function Thread:__getattr__(key)
+  if key == "native_id" then
+    local h = rawget(self, "_handle")
+    if h == nil then return nil end
+    local id = h:native_id()
+    rawset(self, "native_id", id)
+    return id
+  end
   if key == "name" and rawget(self, "_name_number") then
     local name = "Thread-" .. self._name_number
     local target = rawget(self, "_target")
@@ -206,12 +213,11 @@ function Thread:start()
   check_initialized(self)
   if self._started then raise(RuntimeError("threads can only be started once")) end
   self._started = true
-  local h = _t.start(bootstrap, self)
-  self._handle = h
-  self.ident, self.native_id = h:ident()
   _seq = _seq + 1
   self._seq = _seq
-  _active[self.ident] = self
+  -- sets _handle and ident and registers in _active, all before the new
+  -- thread can run; native_id is read lazily (__getattr__)
+  _t.start(bootstrap, self, _active)
 end
 
 function Thread:join(timeout)

@@ -10,7 +10,10 @@
 ** are plain loads and stores.
 */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <math.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mt_core.h"
@@ -357,19 +360,19 @@ static const luaL_Reg event_methods[] = {
 
 typedef struct mt_handle {
   int started, done;
-  unsigned long ident;
-  long native_id;
+  unsigned long ident;       /* the pthread_t, known at once */
+  atomic_long native_id;     /* the tid, written by the thread itself */
   mt_waitlist joiners;
 } mt_handle;
 
 static const char HANDLE_MT[] = "mtlua.thread_handle";
 
+/* malloc'ed by the starter, freed by the thread: start() does not wait
+** for the new thread (CPython's does, for its native id; ours is read
+** lazily), which saves a context switch per start */
 typedef struct start_info {
   mt_thread *t;
-  mt_handle *h;
-  pthread_mutex_t mutex;
-  pthread_cond_t cond;
-  int started;
+  mt_handle *h;   /* kept alive by the thread's own stack */
 } start_info;
 
 static void report_escaped(lua_State *L) {
@@ -383,15 +386,11 @@ static void *thread_main(void *arg) {
   start_info *si = arg;
   mt_thread *t = si->t;
   mt_handle *h = si->h;
+  free(si);
   mt_universe *U = t->U;
   lua_State *L = t->L;
   mt_thread_bind_self(t);
-  h->ident = t->ident;
-  h->native_id = t->native_id;
-  pthread_mutex_lock(&si->mutex);   /* si lives on the starter's stack: */
-  si->started = 1;                  /* not to be touched after this */
-  pthread_cond_signal(&si->cond);
-  pthread_mutex_unlock(&si->mutex);
+  atomic_store(&h->native_id, t->native_id);
 
   gil_acquire(&U->gil, t);
   int nargs = lua_gettop(L) - 2;
@@ -412,36 +411,35 @@ static void *thread_main(void *arg) {
   return NULL;
 }
 
-static int spawn(lua_State *L, mt_thread *t, mt_handle *h) {
-  start_info si;
+static int spawn(mt_thread *t, mt_handle *h) {
   pthread_t th;
   pthread_attr_t attr;
-  int rc;
-  si.t = t;
-  si.h = h;
-  si.started = 0;
-  pthread_mutex_init(&si.mutex, NULL);
-  pthread_cond_init(&si.cond, NULL);
+  start_info *si = malloc(sizeof *si);
+  if (si == NULL) return ENOMEM;
+  si->t = t;
+  si->h = h;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  rc = pthread_create(&th, &attr, thread_main, &si);
+  int rc = pthread_create(&th, &attr, thread_main, si);
   pthread_attr_destroy(&attr);
-  if (rc == 0) {   /* the new thread only signals: no GIL needed for that */
-    pthread_mutex_lock(&si.mutex);
-    while (!si.started) pthread_cond_wait(&si.cond, &si.mutex);
-    pthread_mutex_unlock(&si.mutex);
-  }
-  pthread_mutex_destroy(&si.mutex);
-  pthread_cond_destroy(&si.cond);
-  (void)L;
+  if (rc != 0) free(si);
+  else h->ident = (unsigned long)th;   /* what pthread_self() says there */
   return rc;
 }
 
-/* start(f, ...) -> handle: runs f(...) in a new OS thread. */
+/* start(f, thread, active) -> handle: runs f(thread) in a new OS
+** thread.  Before returning -- in C, so that no other thread can run in
+** between, not even the new one -- sets thread._handle and thread.ident
+** and registers active[ident] = thread. */
 static int th_start(lua_State *L) {
   mt_universe *U = mt_universe_of(L);
-  int n = lua_gettop(L);
   luaL_checkany(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int n = 2;   /* f and thread go to the new Lua thread */
+  lua_settop(L, 3);
+  lua_pushliteral(L, "_handle");   /* 4: keys made now: see below */
+  lua_pushliteral(L, "ident");     /* 5 */
   mt_enter_threaded(L);   /* before lua_newthread: it inherits the hook */
   lua_State *Lt = lua_newthread(L);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -453,12 +451,26 @@ static int th_start(lua_State *L) {
   for (int i = 1; i <= n; i++) lua_pushvalue(L, i);
   lua_xmove(L, Lt, n);
   mt_thread *t = mt_thread_new(U, Lt, ref);
-  if (t == NULL || spawn(L, t, h) != 0) {
+  if (t == NULL || spawn(t, h) != 0) {
     if (t) { mt_thread_unregister(t); mt_thread_free(t); }
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
     return mt_raise(L, "RuntimeError", "can't start new thread");
   }
   h->started = 1;
+  /* Nothing from here may run Lua code or a collection step (which
+  ** could run finalizers, then the hook, then the new thread): raw sets
+  ** of values already made only. */
+  int hidx = lua_gettop(L);
+  lua_pushinteger(L, (lua_Integer)h->ident);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, 3);                     /* active[ident] = thread */
+  lua_pushvalue(L, 4);
+  lua_pushvalue(L, hidx);
+  lua_rawset(L, 2);                     /* thread._handle = h */
+  lua_pushvalue(L, 5);
+  lua_pushinteger(L, (lua_Integer)h->ident);
+  lua_rawset(L, 2);                     /* thread.ident = ident */
+  lua_settop(L, hidx);
   return 1;
 }
 
@@ -491,10 +503,22 @@ static int handle_done(lua_State *L) {
 }
 
 static int handle_ident(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)checkhandle(L)->ident);
+  return 1;
+}
+
+/* The tid, which the thread writes as it starts: waits (GIL released)
+** in the rare case it is asked for before the thread ran at all. */
+static int handle_native_id(lua_State *L) {
   mt_handle *h = checkhandle(L);
-  lua_pushinteger(L, (lua_Integer)h->ident);
-  lua_pushinteger(L, (lua_Integer)h->native_id);
-  return 2;
+  long id = atomic_load(&h->native_id);
+  if (id == 0 && !h->done) {
+    mt_blocking_begin(L);
+    while ((id = atomic_load(&h->native_id)) == 0) sched_yield();
+    mt_blocking_end(L);
+  }
+  lua_pushinteger(L, id);
+  return 1;
 }
 
 /* in a forked child the thread is gone: mark it ended */
@@ -509,6 +533,7 @@ static const luaL_Reg handle_methods[] = {
   {"join", handle_join},
   {"done", handle_done},
   {"ident", handle_ident},
+  {"native_id", handle_native_id},
   {"_mark_done", handle_mark_done},
   {NULL, NULL}
 };

@@ -192,6 +192,27 @@ do
   t.ok(threading["local"] == threading.Local, "threading['local'] is Local")
 end
 
+-- a thread may run and end before start() has returned ----------------------
+do
+  local out, err, status = t.run_source([[
+    local threading = require "threading"
+    threading.setswitchinterval(1e-6)   -- preempt as often as possible
+    for i = 1, 400 do
+      local th = threading.Thread{target=function() end}
+      th:start()
+      if i % 2 == 0 then th:join() end
+    end
+    threading.setswitchinterval(0.005)
+    for _, th in ipairs(threading.enumerate()) do
+      if th ~= threading.main_thread() then th:join() end
+    end
+    print(threading.active_count(), #threading.enumerate())
+  ]], 60)
+  t.is(out, "1\t1\n", "no finished thread is left registered")
+  t.is(err, "", "no error from a thread ending early")
+  t.is(status, 0, "... status 0")
+end
+
 -- many threads --------------------------------------------------------------
 do
   local n, lock = 0, threading.Lock()
