@@ -267,6 +267,12 @@ void mt_universe_after_fork_child(mt_universe *U) {
   }
   park_init(self);
   self->ndeferred = 0;   /* to threads that are gone */
+  /* The child is single-threaded: the count hook would only slow its
+  ** Lua down (a pool worker's whole job); the next thread it starts
+  ** brings the hook back (mt_enter_threaded). */
+  U->threaded = 0;
+  if (self->running != NULL && self->running != self->L) lua_sethook(self->running, NULL, 0, 0);
+  if (self->L != NULL) lua_sethook(self->L, NULL, 0, 0);
   mt_interrupt_after_fork_child();
   atomic_store(&self->interrupt, 0);
   self->native_id = (long)syscall(SYS_gettid);
