@@ -4,6 +4,7 @@
 ** unpack, unpack_into, map_packed, newarray).
 */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mt_core.h"
@@ -190,6 +191,44 @@ static int put_packed(lua_State *L, char *tags, char *vals, size_t k) {
   return 1;
 }
 
+/* The packed results of a map chunk are built in one buffer kept for
+** the next chunk: a new userdata per chunk is garbage the size of the
+** chunk, and in generational mode garbage that size soon forces a
+** major collection of the worker's whole heap.  While a chunk uses it
+** the buffer is busy; a to-be-closed guard frees it however the map
+** ends (the mapped function may raise).  A nested map_packed gets a
+** userdata of its own. */
+static char *pp_scratch;
+static size_t pp_scratch_size;
+static int pp_scratch_busy;
+
+static int scratch_release(lua_State *L) {
+  (void)L;
+  pp_scratch_busy = 0;
+  return 0;
+}
+
+/* Pushes the guard (*guarded = 1) or a userdata; returns a buffer of
+** 'size' bytes. */
+static char *map_buffer(lua_State *L, size_t size, int *guarded) {
+  *guarded = 0;
+  if (!pp_scratch_busy && size > pp_scratch_size) {
+    char *p = realloc(pp_scratch, size);
+    if (p != NULL) { pp_scratch = p; pp_scratch_size = size; }
+  }
+  if (pp_scratch_busy || size > pp_scratch_size) return lua_newuserdatauv(L, size, 0);
+  lua_newuserdatauv(L, 0, 0);
+  if (luaL_newmetatable(L, "mtlua.pool_scratch")) {
+    lua_pushcfunction(L, scratch_release);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_setmetatable(L, -2);
+  lua_toclose(L, -1);
+  pp_scratch_busy = 1;
+  *guarded = 1;
+  return pp_scratch;
+}
+
 /* _pool.map_packed(func, chunk) -> results chunk: a worker's map over a
 ** packed chunk, with no table of items or of results in between (the
 ** results are packed as they come).  From the first result that cannot
@@ -201,7 +240,8 @@ static int pl_map_packed(lua_State *L) {
   if (len == 0 || s[0] != 'N') return luaL_argerror(L, 2, "not a packed chunk");
   size_t n = packed_count(L, s, len);
   const char *tags = s + 5, *vals = s + 5 + n;
-  char *out = lua_newuserdatauv(L, 5 + 9 * n, 0);   /* index 3 */
+  int guarded;
+  char *out = map_buffer(L, 5 + 9 * n, &guarded);   /* index 3 */
   char *otags = out + 5, *ovals = out + 5 + n;
   int spill = 0;   /* index of the results table, once one is needed */
   for (size_t k = 0; k < n; k++) {
@@ -224,12 +264,14 @@ static int pl_map_packed(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)n);
     lua_setfield(L, spill, "n");
     pk_dumps(L, spill);
+    if (guarded) lua_closeslot(L, 3);
     return 1;
   }
   uint32_t n32 = (uint32_t)n;
   out[0] = 'N';
   memcpy(out + 1, &n32, 4);
   lua_pushlstring(L, out, 5 + 9 * n);
+  if (guarded) lua_closeslot(L, 3);   /* the buffer is free again */
   return 1;
 }
 
