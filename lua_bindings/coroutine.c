@@ -307,6 +307,8 @@ gl_ts *gl_ts_get(lua_State *L) {
   ts->main_ref = ts->hub_ref = LUA_NOREF;
   lua_newtable(L);
   ts->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_createtable(L, 16, 0);
+  ts->pins_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   ts->link = tls_ts;
   tls_ts = ts;
   ts->main = new_gr(L, ts, GL_MAIN, NULL, 0, 0);
@@ -585,6 +587,58 @@ static void foreign_yield(gl_ts *ts, gl_gr *x, int nres) {
   finished(ts, x, LUA_ERRRUN, 0);
 }
 
+/* A pinned coroutine must stay anchored while nothing else may hold
+** it.  A registry ref per pin (luaL_ref/luaL_unref) cost a tenth of a
+** greenlet echo loop's user time: the anchors go to an array of the
+** thread's own instead, its free slots kept in C.  The free list has
+** room for every slot ever made, so giving one back cannot fail. */
+static int pins_take(lua_State *L, gl_ts *ts) {
+  if (ts->npinfree > 0) return ts->pinfree[--ts->npinfree];
+  if (ts->npins == ts->cpinfree) {
+    int c = ts->cpinfree ? ts->cpinfree * 2 : 16;
+    int *f = realloc(ts->pinfree, c * sizeof *f);
+    if (f == NULL) mt_raise(L, "MemoryError", "cannot pin a greenlet");
+    ts->pinfree = f;
+    ts->cpinfree = c;
+  }
+  return ++ts->npins;
+}
+
+/* Anchors cur's coroutine (running, so on no other stack) in a slot. */
+static void anchor_pinned(lua_State *L, gl_ts *ts, gl_gr *cur) {
+  int slot = pins_take(L, ts);
+  lua_State *co = cur->co;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, ts->pins_ref);
+  lua_pushthread(co);
+  lua_rawseti(co, -2, slot);
+  lua_pop(co, 1);
+  cur->pin_ref = slot;
+}
+
+/* Gives cur's slot back, its coroutine not pinned after all. */
+static void pins_drop(lua_State *L, gl_ts *ts, gl_gr *cur) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ts->pins_ref);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, cur->pin_ref);
+  lua_pop(L, 1);
+  ts->pinfree[ts->npinfree++] = cur->pin_ref;
+  cur->pin_ref = LUA_NOREF;
+}
+
+/* Moves x's coroutine from its slot to Ltr[1] (anchored while it runs)
+** and frees the slot. */
+static void unanchor_pinned(gl_ts *ts, gl_gr *x) {
+  lua_State *T = ts->Ltr;
+  lua_rawgeti(T, LUA_REGISTRYINDEX, ts->pins_ref);
+  lua_rawgeti(T, -1, x->pin_ref);
+  lua_replace(T, 1);
+  lua_pushnil(T);
+  lua_rawseti(T, -2, x->pin_ref);
+  lua_pop(T, 1);
+  ts->pinfree[ts->npinfree++] = x->pin_ref;
+  x->pin_ref = LUA_NOREF;
+}
+
 /* Switches the trampoline to a pinned greenlet (or main): this
 ** trampoline parks itself as a spare, reused by the next pin. */
 static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
@@ -592,10 +646,7 @@ static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
   x->state = GL_RUNNING;
   x->seq++;
   if (x->pin_ref != LUA_NOREF) {
-    lua_rawgeti(ts->Ltr, LUA_REGISTRYINDEX, x->pin_ref);
-    lua_replace(ts->Ltr, 1);
-    luaL_unref(ts->Ltr, LUA_REGISTRYINDEX, x->pin_ref);
-    x->pin_ref = LUA_NOREF;
+    unanchor_pinned(ts, x);
   } else {   /* main: no coroutine to anchor; let the last one go */
     lua_pushnil(ts->Ltr);
     lua_replace(ts->Ltr, 1);
@@ -658,14 +709,13 @@ static void tramp_main(gl_stack *S) {
 ** when something switches back. */
 static void pin(lua_State *L, gl_ts *ts) {
   gl_gr *cur = ts->current;
-  gl_stack *S = ts->spare;
+  gl_stack *S;
+  if (cur->kind == GL_PLAIN) anchor_pinned(L, ts, cur);   /* may raise: first */
+  S = ts->spare;
   if (S != NULL) ts->spare = S->next;
   else if ((S = stack_new(ts)) == NULL) {
+    if (cur->pin_ref != LUA_NOREF) pins_drop(L, ts, cur);
     mt_raise(L, "MemoryError", "cannot allocate a greenlet stack");
-  }
-  if (cur->kind == GL_PLAIN) {
-    lua_pushthread(cur->co);
-    cur->pin_ref = luaL_ref(cur->co, LUA_REGISTRYINDEX);
   }
   cur->state = GL_PINNED;
   cur->sl = L;
@@ -964,6 +1014,10 @@ static void thread_exit(lua_State *L) {
   luaL_unref(L, LUA_REGISTRYINDEX, ts->main_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, ts->hub_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, ts->pool_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, ts->pins_ref);
+  free(ts->pinfree);
+  ts->pinfree = NULL;
+  ts->npinfree = ts->cpinfree = ts->npins = 0;
   free(ts->os);
   ts->os = ts->stack = NULL;
   for (pp = &tls_ts; *pp != NULL; pp = &(*pp)->link)

@@ -34,7 +34,7 @@ struct gl_gr {
   int state, kind;
   unsigned seq;           /* times resumed (hub.c drops stale wake-ups) */
   gl_gr *parent;          /* anchored by the userdata's uservalue 2 */
-  int pin_ref;            /* registry ref to co while pinned */
+  int pin_ref;            /* co's slot in ts's pins table while pinned */
   int throw_ref;          /* pending exception to raise when resumed */
   /* waiting through mt_wait (hub.c) */
   mt_waiter *waiter;
@@ -54,6 +54,8 @@ struct gl_ts {
   int main_ref, hub_ref;   /* registry refs of their userdata */
   int nnext;               /* values waiting for 'next' */
   int pool_ref, npool;     /* finished coroutines, reused by new greenlets */
+  int pins_ref, npins;     /* pinned coroutines, anchored in an array ... */
+  int *pinfree, npinfree, cpinfree;   /* ... whose free slots are kept here */
   gl_stack *spare;         /* parked trampolines, ready for reuse */
   gl_stack *os;            /* the OS thread's own stack (main's) */
   gl_stack *stacks;        /* every stack made, to free at thread exit */
