@@ -221,8 +221,9 @@ typedef struct pl_core {
   pl_fifo incoming;
   int hungry, in_poked, in_closed;
   pl_event *ev_head, *ev_tail;
-  size_t nev;               /* events queued */
+  size_t nev, evbytes;      /* events queued, and their bytes */
   double last_take;         /* when Lua last took events */
+  double service_hint;      /* the latest estimate of any worker; < 0: none */
 } pl_core;
 
 static const char CORE_MT[] = "mtlua.pool_core";
@@ -419,6 +420,7 @@ static void push_event(pl_core *c, int kind, uint64_t job, int ok, int slot,
   else c->ev_head = e;
   c->ev_tail = e;
   c->nev++;
+  c->evbytes += len;
 }
 
 static void cancel_fifo(pl_core *c, pl_fifo *q) {
@@ -433,13 +435,17 @@ static void cancel_fifo(pl_core *c, pl_fifo *q) {
 
 /* How many tasks a worker may hold: one while its tasks are long (the
 ** load stays balanced and a lost worker fails one task), more while
-** they are short, so that it never waits for the parent. */
-static size_t worker_limit(const pl_worker *w) {
-  if (w->service < 0) return 1;
-  if (w->service < 20e-6) return 128;
-  if (w->service < 200e-6) return 32;
-  if (w->service < 2e-3) return 8;
-  if (w->service < 20e-3) return 2;
+** they are short, so that it never waits for the parent.  A worker
+** that has finished nothing yet goes by the pool's latest estimate:
+** with a limit of one, a map's chunks all went to the worker that had
+** run an earlier apply while the other sat idle after its first. */
+static size_t worker_limit(const pl_core *c, const pl_worker *w) {
+  double service = w->service >= 0 ? w->service : c->service_hint;
+  if (service < 0) return 1;
+  if (service < 20e-6) return 128;
+  if (service < 200e-6) return 32;
+  if (service < 2e-3) return 8;
+  if (service < 20e-3) return 2;
   return 1;
 }
 
@@ -448,7 +454,7 @@ static int worker_room(pl_core *c, pl_worker *w) {
   if (c->maxtasks > 0 && w->given >= c->maxtasks) return 0;
   /* refill only below half the limit, then up to it: tasks go out in
   ** batches, one write and one wake-up of the worker for many */
-  size_t lim = worker_limit(w);
+  size_t lim = worker_limit(c, w);
   return w->inflight.count == 0 || w->inflight.count <= lim / 2;
 }
 
@@ -527,8 +533,9 @@ static void give(pl_core *c, pl_worker *w, pl_frame *f) {
 ** the workers that were low when the round began (see worker_room:
 ** tasks go out in batches, one write and one wake-up of the worker for
 ** many), each up to its limit; then writes what it can without
-** waiting.  Least loaded first: map chunks submitted one by one spread
-** over the workers instead of piling up on the first. */
+** waiting.  Least loaded first (tasks given and not done: a queued
+** definition is no task): map chunks submitted one by one spread over
+** the workers instead of piling up on the first. */
 static void io_dispatch(pl_core *c) {
   for (int i = 0; i < c->nworkers; i++) c->w[i].open = worker_room(c, &c->w[i]);
   while (c->pending.head != NULL) {
@@ -536,11 +543,11 @@ static void io_dispatch(pl_core *c) {
     for (int i = 0; i < c->nworkers; i++) {
       pl_worker *w = &c->w[i];
       if (!w->open) continue;
-      if (w->inflight.count >= worker_limit(w) || (c->maxtasks > 0 && w->given >= c->maxtasks)) {
+      if (w->inflight.count >= worker_limit(c, w) || (c->maxtasks > 0 && w->given >= c->maxtasks)) {
         w->open = 0;
         continue;
       }
-      if (best == NULL || w->inflight.count < best->inflight.count) best = w;
+      if (best == NULL || w->given - w->done < best->given - best->done) best = w;
     }
     if (best == NULL) break;
     give(c, best, fifo_pop(&c->pending));
@@ -633,6 +640,7 @@ static int io_parse(pl_core *c, int slot) {
                w->ibuf + off + PL_HDR_RESULT, len - 9);
     double t = now(), took = t - w->mark;
     w->service = w->service < 0 ? took : 0.7 * w->service + 0.3 * took;
+    c->service_hint = w->service;
     w->mark = t;
     w->done++;
     off += 4 + (size_t)len;
@@ -874,6 +882,7 @@ static int core_new(lua_State *L) {
   c->maxtasks = maxtasks > 0 ? (long)maxtasks : 0;
   c->nworkers = (int)n;
   for (int i = 0; i < n; i++) { c->w[i].fd = -1; c->w[i].service = -1; }
+  c->service_hint = -1;
   cores_link(c);
   *box = c;
   return 1;
@@ -949,6 +958,16 @@ static void child_run(lua_State *L, int fd, int nargs) {
   _exit(status);
 }
 
+/* The parent's end of a worker's socket holds a whole map's share of
+** chunks where the system allows (net.core.wmem_max caps it; a failure
+** leaves the default): with the default ~200 KB, a worker finishing a
+** chunk found the next one half written and waited for the I/O thread
+** to wake and write the rest. */
+static void set_sndbuf(int fd) {
+  int size = 1 << 20;
+  (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+}
+
 /* core:spawn(slot, worker_main, ...) -> pid: forks the worker of that
 ** slot; in the child worker_main(fd, ...) runs, then the child exits.
 ** Returns nothing once the pool is being terminated. */
@@ -968,6 +987,7 @@ static int core_spawn(lua_State *L) {
     return mt_raise(L, "OSError", "[Errno %d] socketpair: %s", errno, strerror(errno));
   fds_add(sv[0]);
   fds_add(sv[1]);
+  set_sndbuf(sv[0]);
   ring_reset(&c->rings[slot]);   /* its last worker is reaped */
   if (c->handler != NULL && mt_self(L) == c->handler) lua_pushcfunction(L, handler_fork);
   else lua_getiuservalue(L, 1, 1);   /* _multiprocessing.fork */
@@ -1105,14 +1125,17 @@ static int all_done(pl_core *c) {
 /* While results stream in (Lua took some less than 2 ms ago), waits up
 ** to half a millisecond for more: the result thread then takes the GIL
 ** once per batch instead of once per result.  A lone result (apply
-** after a pause) goes through at once.  c->mu held. */
+** after a pause) goes through at once, and so do bulky ones (map
+** chunks: unpacking one is worth more than the hand-off saved, and it
+** overlaps the workers' next ones).  c->mu held. */
+#define PL_BULK (64u * 1024u)
 static void linger(pl_core *c) {
-  if (c->nev >= 256 || c->finished || now() - c->last_take > 2e-3) return;
+  if (c->nev >= 256 || c->evbytes >= PL_BULK || c->finished || now() - c->last_take > 2e-3) return;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_nsec += 500000;
   if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
-  while (c->nev < 256 && !c->finished && !all_done(c))
+  while (c->nev < 256 && c->evbytes < PL_BULK && !c->finished && !all_done(c))
     if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) break;
 }
 
@@ -1146,7 +1169,7 @@ static int core_wait(lua_State *L) {
     c->refs--;
     list = c->ev_head;
     c->ev_head = c->ev_tail = NULL;
-    c->nev = 0;
+    c->nev = c->evbytes = 0;
     c->last_take = now();
     finished = c->finished;
     pthread_mutex_unlock(&c->mu);
@@ -1154,7 +1177,7 @@ static int core_wait(lua_State *L) {
   } else {
     list = c->ev_head;
     c->ev_head = c->ev_tail = NULL;
-    c->nev = 0;
+    c->nev = c->evbytes = 0;
     c->last_take = now();
     finished = c->finished;
     pthread_mutex_unlock(&c->mu);
