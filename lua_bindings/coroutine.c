@@ -958,6 +958,7 @@ static void ts_release(gl_ts *ts) {
 static int gr_gc(lua_State *L) {
   gl_gr *g = lua_touserdata(L, 1);
   gl_ts *ts = g->ts;
+  hub_forget_gr(g);
   for (int i = 0; i < 2; i++)
     if (ts->cg[i] == g) { ts->cg[i] = NULL; ts->ck[i] = NULL; }
   if (g->throw_ref != LUA_NOREF) {

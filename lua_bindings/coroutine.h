@@ -98,5 +98,6 @@ int luaopen_mt_hub(lua_State *L);
 gl_gr *hub_next(gl_ts *ts);      /* the trampoline asks: who runs now */
 void hub_install(mt_universe *U);
 void hub_free(lua_State *L, gl_ts *ts);   /* at thread exit */
+void hub_forget_gr(gl_gr *g);              /* g is collected */
 
 #endif

@@ -64,7 +64,10 @@ struct hub_timer {
   int kind, mode;
   int ref;                    /* T_SCHED: registry {g, value} */
   unsigned seq;               /* T_SCHED: g's resume count when set */
-  gl_gr *g;                   /* T_WAIT */
+  gl_gr *g;                   /* T_WAIT: its greenlet (g->wait_timer) */
+  double want;                /* T_WAIT: the deadline of g's timed wait
+                                 now, < 0 when idle (see wait_timer_arm) */
+  double due;                 /* T_WAIT: the deadline it is armed for */
   struct timer_box *box;      /* the Lua object holding it, if any */
   int fired, cancelled;
   hub_timer *next_fired;
@@ -186,6 +189,7 @@ static hub_timer *timer_start(lua_State *L, gl_hub *h, double seconds, int kind)
   t->ref = LUA_NOREF;
   uv_update_time(&h->loop);   /* the loop's clock is stale after Lua ran */
   uv_timer_start(&t->h, timer_cb, ms_until(h, seconds), 0);
+  uv_ref((uv_handle_t *)&t->h);   /* a spare may have been an idle wait timer */
   return t;
 }
 
@@ -218,6 +222,72 @@ static void queue_wake(gl_hub *h, gl_gr *g) {
 
 static void process_fd_fired(gl_hub *h);
 
+/* A greenlet's wait timer is kept armed between its timed waits (a
+** socket with a timeout waits once per recv: starting and stopping a
+** libuv timer each time cost 7% of an echo loop's user time).  A wait
+** whose deadline is no earlier than the armed one just takes the timer
+** over; when it fires early for the wait now running it is re-armed,
+** and when it fires idle it goes.  Idle, it is unref'd: it never keeps
+** the loop alive. */
+static hub_timer *wait_timer_arm(lua_State *L, gl_hub *h, gl_gr *g, double deadline) {
+  hub_timer *t = g->wait_timer;
+  if (t == NULL) {
+    t = timer_start(L, h, deadline - mt_monotonic(), T_WAIT);
+    t->g = g;
+    t->due = deadline;
+    g->wait_timer = t;
+  } else if (t->due > deadline || !uv_is_active((uv_handle_t *)&t->h)) {
+    /* armed too late for this wait (or, defensively, not armed) */
+    uv_update_time(&h->loop);
+    uv_timer_start(&t->h, timer_cb, ms_until(h, deadline - mt_monotonic()), 0);
+    t->due = deadline;
+  }
+  t->want = deadline;
+  uv_ref((uv_handle_t *)&t->h);
+  return t;
+}
+
+/* Drops g's wait timer (GIL held, hub thread). */
+static void wait_timer_drop(lua_State *L, hub_timer *t) {
+  if (t->g != NULL) t->g->wait_timer = NULL;
+  t->g = NULL;
+  timer_close(L, t);
+}
+
+/* The wait t served ended: t stays for the next, unless it fired (a
+** fired timer is no longer armed: kept, nothing would ever close it). */
+static void wait_timer_done(lua_State *L, hub_timer *t) {
+  t->want = -1;
+  if (!uv_is_active((uv_handle_t *)&t->h)) {
+    wait_timer_drop(L, t);
+    return;
+  }
+  uv_unref((uv_handle_t *)&t->h);
+}
+
+static void wait_timer_fired(lua_State *L, gl_hub *h, hub_timer *t) {
+  gl_gr *g = t->g;
+  if (g == NULL || t->want < 0) { wait_timer_drop(L, t); return; }
+  double left = t->want - mt_monotonic();
+  if (left > 0) {   /* armed for an earlier wait: on to this one's end */
+    t->fired = 0;
+    uv_update_time(&h->loop);
+    uv_timer_start(&t->h, timer_cb, ms_until(h, left), 0);
+    t->due = t->want;
+  } else if (g->wait_result < 0) {
+    g->wait_result = MT_TIMEDOUT;
+    queue_wake(h, g);
+  }
+}
+
+/* The greenlet g is collected (GIL held, any thread): its idle wait
+** timer, if any, forgets it and goes when it fires. */
+void hub_forget_gr(gl_gr *g) {
+  hub_timer *t = g->wait_timer;
+  if (t != NULL) t->g = NULL;
+  g->wait_timer = NULL;
+}
+
 /* After uv_run, with the GIL: what fired becomes ready.  Oldest first,
 ** so timers keep their order. */
 static void process_fired(lua_State *L, gl_hub *h) {
@@ -233,11 +303,7 @@ static void process_fired(lua_State *L, gl_hub *h) {
     nx = t->next_fired;
     if (t->cancelled) continue;
     if (t->kind == T_WAIT) {
-      gl_gr *g = t->g;
-      if (g != NULL && g->wait_timer == t && g->wait_result < 0) {
-        g->wait_result = MT_TIMEDOUT;
-        queue_wake(h, g);
-      }
+      wait_timer_fired(L, h, t);
     } else if (t->kind == T_SCHED && t->ref != LUA_NOREF) {
       lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
       lua_rawgeti(L, -1, 1);
@@ -374,11 +440,7 @@ static int pinned_wait(lua_State *L, gl_ts *ts, mt_waiter *w, double deadline) {
   w->greenlet = g;
   g->waiter = w;
   g->wait_result = -1;
-  if (deadline >= 0) {
-    t = timer_start(L, h, deadline - mt_monotonic(), T_WAIT);
-    t->g = g;
-  }
-  g->wait_timer = t;
+  if (deadline >= 0) t = wait_timer_arm(L, h, g, deadline);
   h->external++;
   while (g->wait_result < 0 && !w->woken && !gl_has_pending(g)) {
     ts->next = ts->hubgr;
@@ -388,9 +450,8 @@ static int pinned_wait(lua_State *L, gl_ts *ts, mt_waiter *w, double deadline) {
   }
   h->external--;
   g->waiter = NULL;
-  g->wait_timer = NULL;
   w->greenlet = NULL;
-  if (t != NULL) timer_close(L, t);
+  if (t != NULL) wait_timer_done(L, t);
   if (gl_has_pending(g) || g->wait_result == MT_INTERRUPTED) return MT_INTERRUPTED;
   if (w->woken) return MT_WOKEN;
   return g->wait_result < 0 ? MT_WOKEN : g->wait_result;
@@ -680,6 +741,8 @@ static void close_handle(uv_handle_t *handle, void *arg) {
   if (uv_is_closing(handle)) return;
   if (handle->type == UV_TIMER) {
     hub_timer *t = handle->data;
+    if (t->kind == T_WAIT && t->g != NULL) t->g->wait_timer = NULL;
+    t->g = NULL;
     if (t->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
     t->cancelled = 1;

@@ -257,6 +257,61 @@ do
   e:close(); f:close()
 end
 
+-- a greenlet's wait timer is kept armed between its timed waits
+-- (hub.c): each wait still ends on its own deadline, an idle timer
+-- keeps no loop alive, and one whose greenlet is collected just goes
+do
+  local a, b = gsocket.socketpair()
+  local function waited_recv(data)   -- the data comes while recv waits
+    local g = gevent.spawn(function() gevent.sleep(0.02); b:sendall(data) end)
+    local got = a:recv(10)
+    g:join(2)
+    return got
+  end
+  local function timed_recv()
+    local t0 = now()
+    local ok, e = pcall(a.recv, a, 10)
+    return not ok and isinstance(e, TimeoutError), now() - t0
+  end
+  a:settimeout(5)
+  t.is(waited_recv("x"), "x", "a timed recv that waits for its data (timer armed for 5 s)")
+  a:settimeout(0.1)
+  local timed_out, dt = timed_recv()
+  t.ok(timed_out and dt >= 0.09 and dt < 2,
+       ("a shorter timeout after a longer one ends on its own deadline (%.3f s)"):format(dt))
+  a:settimeout(0.05)
+  t.is(waited_recv("y"), "y", "a timed recv that waits for its data (timer armed for 0.05 s)")
+  a:settimeout(0.3)
+  timed_out, dt = timed_recv()
+  t.ok(timed_out and dt >= 0.28 and dt < 2,
+       ("a longer timeout after a shorter one is not cut short (%.3f s)"):format(dt))
+  local out = t.run_source([[
+    local gevent = require "gevent"
+    local gsocket = require "gevent.socket"
+    local now = require("time").monotonic
+    local a, b = gsocket.socketpair()
+    a:settimeout(5)
+    local g = gevent.spawn(function() gevent.sleep(0.02); b:sendall("z") end)
+    a:recv(10)
+    g:join()
+    a:close(); b:close()
+    local t0 = now()
+    print(gevent.wait(), now() - t0 < 1)
+  ]], 20)
+  t.is(out, "true\ttrue\n", "gevent.wait() returns at once: an idle wait timer keeps no loop alive")
+  local g = gevent.spawn(function()
+    b:settimeout(0.1)
+    gevent.spawn(function() gevent.sleep(0.02); a:sendall("w") end)
+    return b:recv(10)
+  end)
+  t.is(g:get(2), "w", "a greenlet's timed recv")
+  g = nil
+  collectgarbage(); collectgarbage()
+  gevent.sleep(0.2)   -- its idle timer fires with the greenlet collected
+  t.ok(true, "a collected greenlet's idle wait timer fired harmlessly")
+  a:close(); b:close()
+end
+
 -- the port: the gevent echo server serves 200 concurrent clients
 do
   local out, err, status = t.run("scripts/sock_echo_gevent.lua 200 5", 60)
