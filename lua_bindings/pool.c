@@ -35,6 +35,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -861,7 +862,7 @@ static int core_new(lua_State *L) {
   c->pslot = calloc((size_t)n + 1, sizeof *c->pslot);
   c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   c->rings = mmap(NULL, (size_t)n * sizeof *c->rings, PROT_READ | PROT_WRITE,
-                  MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                  MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE | MAP_POPULATE, -1, 0);
   if (c->rings == MAP_FAILED) c->rings = NULL;
   if (c->w == NULL || c->pfd == NULL || c->pslot == NULL || c->efd < 0 || c->rings == NULL) {
     int e = errno;
@@ -929,9 +930,29 @@ static int handler_fork(lua_State *L) {
   return 1;
 }
 
+/* A worker allocates and frees the same large buffers for every task
+** (a map chunk's strings: lib/pool.lua frees them after each chunk).
+** glibc would give a freed top of the heap back to the kernel at once
+** and map and unmap the larger ones: every chunk would fault its pages
+** in again, which costs as much as the calls of a cheap function.  The
+** worker keeps its memory. */
+static void keep_memory(void) {
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+}
+
+/* The rings are populated when made (MAP_POPULATE), but a child's
+** mapping starts empty: a worker maps its ring's pages now, before a
+** task waits for them. */
+static void touch_ring(pl_ring *r) {
+  volatile const char *p = r->data;
+  for (size_t at = 0; at < PL_RING; at += 4096) (void)p[at];
+}
+
 /* In a new worker: nothing of the parent's pools but its own socket. */
 static void child_setup(int keep) {
   setpgid(0, 0);                       /* terminate() kills its children too */
+  keep_memory();
   signal(SIGPIPE, SIG_DFL);
   for (int i = 0; i < fds_count; i++)  /* no lock: the only thread now */
     if (fds_list[i] != keep) close(fds_list[i]);
@@ -947,6 +968,11 @@ static void child_run(lua_State *L, int fd, int nargs) {
   for (int i = 0; i < nargs; i++) lua_pushvalue(L, 4 + i);
   int status = 0;
   int base = lua_gettop(L) - nargs - 2;
+  /* One collection step now, before any task: the first one writes to
+  ** objects inherited from the parent, copying their pages, and a task
+  ** would wait for that (a full collection would copy every page of a
+  ** large parent's heap into every worker). */
+  lua_gc(L, LUA_GCSTEP, 0);
   if (lua_pcall(L, nargs + 1, 1, base) != LUA_OK) {
     mt_format_error(L, -1);
     fprintf(stderr, "Process PoolWorker-%ld:\n%s\n", (long)getpid(), lua_tostring(L, -1));
@@ -1005,6 +1031,7 @@ static int core_spawn(lua_State *L) {
   if (pid == 0) {
     wk_ring = &c->rings[slot];
     child_setup(sv[1]);
+    touch_ring(wk_ring);
     child_run(L, sv[1], nargs);
   }
   close_fd(&sv[1]);
