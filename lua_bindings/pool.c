@@ -1,8 +1,9 @@
 /*
 ** pool.c -- the C part of `pool` (module "_pool"): forking pool workers,
 ** the framing of task and result messages and the pool's I/O thread.
-** The packed form of map chunks is pool_pack.c; the rest (Pool,
-** ThreadPool, AsyncResult, the worker's task loop) is lib/pool.lua.
+** The worker's side of the frames and the ring is pool_worker.c, the
+** packed form of map chunks pool_pack.c; the rest (Pool, ThreadPool,
+** AsyncResult, the worker's task loop) is lib/pool.lua.
 **
 ** Each worker has its own socketpair with the parent (tasks go down it)
 ** and its own shared-memory ring (results come back through it; see
@@ -35,7 +36,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -53,13 +53,10 @@
 #include "mt_core.h"
 #include "pickle.h"
 #include "pool_pack.h"
+#include "pool_ring.h"
 #include "shm.h"
 
-#define PL_HDR_TASK 16
-#define PL_HDR_RESULT 13
-#define PL_MAXFRAME 0x7fffff00u
 #define PL_MAXIOV 64
-#define PL_RING (256u * 1024u)   /* bytes of results in flight per worker */
 
 /* ------------------------------------------------------------ frames */
 
@@ -144,23 +141,7 @@ typedef struct pl_event {
 
 /* ------------------------------------------------------ result rings */
 
-/* Results come back through shared memory, one ring per worker slot
-** (a byte stream of result frames), not through the socket: a worker
-** that finishes many short tasks makes no system call per result, and
-** what it finished stays readable after it dies.  The socket carries,
-** worker to parent, only a wake-up byte, sent when the I/O thread said
-** it is going to sleep (parent_idle), and the end of file that says the
-** worker is gone.  A frame larger than the ring streams through it. */
-typedef struct pl_ring {
-  _Atomic uint64_t head;          /* bytes the parent consumed */
-  _Atomic uint64_t tail;          /* bytes the worker produced */
-  _Atomic uint64_t took;          /* the job the worker is running */
-  _Atomic uint32_t parent_idle;   /* the I/O thread sleeps: wake it */
-  _Atomic uint32_t space_seq;     /* futex word: the parent consumed */
-  _Atomic uint32_t worker_waits;  /* the worker sleeps on space_seq */
-  char data[PL_RING];
-} pl_ring;
-
+/* pl_ring: see pool_ring.h */
 static void ring_reset(pl_ring *r) {
   atomic_store(&r->head, 0);
   atomic_store(&r->tail, 0);
@@ -909,10 +890,6 @@ static void start_io(lua_State *L, pl_core *c) {
   pthread_mutex_unlock(&c->mu);
 }
 
-/* In a worker: its ring (results out, and the job it took: see
-** io_worker_gone). */
-static pl_ring *wk_ring;
-
 /* The result thread lives as long as the pool's workers, so a worker
 ** it forks (a replacement) dies with this process through
 ** PR_SET_PDEATHSIG, which follows the forking thread; other threads fork
@@ -930,29 +907,9 @@ static int handler_fork(lua_State *L) {
   return 1;
 }
 
-/* A worker allocates and frees the same large buffers for every task
-** (a map chunk's strings: lib/pool.lua frees them after each chunk).
-** glibc would give a freed top of the heap back to the kernel at once
-** and map and unmap the larger ones: every chunk would fault its pages
-** in again, which costs as much as the calls of a cheap function.  The
-** worker keeps its memory. */
-static void keep_memory(void) {
-  mallopt(M_TRIM_THRESHOLD, 64 << 20);
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-}
-
-/* The rings are populated when made (MAP_POPULATE), but a child's
-** mapping starts empty: a worker maps its ring's pages now, before a
-** task waits for them. */
-static void touch_ring(pl_ring *r) {
-  volatile const char *p = r->data;
-  for (size_t at = 0; at < PL_RING; at += 4096) (void)p[at];
-}
-
 /* In a new worker: nothing of the parent's pools but its own socket. */
 static void child_setup(int keep) {
   setpgid(0, 0);                       /* terminate() kills its children too */
-  keep_memory();
   signal(SIGPIPE, SIG_DFL);
   for (int i = 0; i < fds_count; i++)  /* no lock: the only thread now */
     if (fds_list[i] != keep) close(fds_list[i]);
@@ -1029,9 +986,8 @@ static int core_spawn(lua_State *L) {
   }
   lua_pop(L, 1);
   if (pid == 0) {
-    wk_ring = &c->rings[slot];
     child_setup(sv[1]);
-    touch_ring(wk_ring);
+    pw_enter(&c->rings[slot]);
     child_run(L, sv[1], nargs);
   }
   close_fd(&sv[1]);
@@ -1395,148 +1351,8 @@ static const luaL_Reg core_methods[] = {
   {NULL, NULL}
 };
 
-/* --------------------------------------------------- the worker's side */
-
-/* The worker reads its socket in large pieces: tasks sent together
-** cost one read.  One worker per process, so one buffer. */
-static struct { char *buf; size_t len, off, cap; } wk_in;
-
-static int wk_fill(lua_State *L, int fd) {
-  if (wk_in.off > 0) {
-    memmove(wk_in.buf, wk_in.buf + wk_in.off, wk_in.len - wk_in.off);
-    wk_in.len -= wk_in.off;
-    wk_in.off = 0;
-  }
-  size_t need = wk_in.len + 65536;
-  if (wk_in.len >= 4) {
-    uint32_t len;
-    memcpy(&len, wk_in.buf, 4);
-    if (4 + (size_t)len > need) need = 4 + (size_t)len;
-  }
-  if (need > wk_in.cap) {
-    size_t cap = wk_in.cap ? wk_in.cap : 65536;
-    while (cap < need) cap *= 2;
-    char *p = realloc(wk_in.buf, cap);
-    if (p == NULL) return luaL_error(L, "not enough memory");
-    wk_in.buf = p;
-    wk_in.cap = cap;
-  }
-  ssize_t r;
-  mt_blocking_begin(L);
-  do r = read(fd, wk_in.buf + wk_in.len, wk_in.cap - wk_in.len); while (r < 0 && errno == EINTR);
-  mt_blocking_end(L);
-  if (r <= 0) return 0;
-  wk_in.len += (size_t)r;
-  return 1;
-}
-
-/* _pool.recv(fd) -> job, payload, extra | nil at end of file (no more
-** tasks).  extra is nil when the task has none. */
-static int wk_recv(lua_State *L) {
-  int fd = (int)luaL_checkinteger(L, 1);
-  for (;;) {
-    size_t avail = wk_in.len - wk_in.off;
-    if (avail >= 4) {
-      uint32_t len;
-      memcpy(&len, wk_in.buf + wk_in.off, 4);
-      if (len < 12 || len > PL_MAXFRAME) return luaL_error(L, "pool: damaged task frame");
-      if (avail >= 4 + (size_t)len) {
-        const char *fr = wk_in.buf + wk_in.off;
-        uint64_t job;
-        uint32_t plen;
-        memcpy(&job, fr + 4, 8);
-        memcpy(&plen, fr + 12, 4);
-        if (plen > len - 12) return luaL_error(L, "pool: damaged task frame");
-        if (wk_ring && (int64_t)job > 0) atomic_store(&wk_ring->took, job);
-        lua_pushinteger(L, (lua_Integer)job);
-        lua_pushlstring(L, fr + PL_HDR_TASK, plen);
-        if (len - 12 > plen) lua_pushlstring(L, fr + PL_HDR_TASK + plen, len - 12 - plen);
-        else lua_pushnil(L);
-        wk_in.off += 4 + (size_t)len;
-        return 3;
-      }
-    }
-    if (!wk_fill(L, fd)) { lua_pushnil(L); return 1; }
-  }
-}
-
-/* Tells the parent's I/O thread that its ring has data, if it asked
-** (it is about to sleep, or sleeps, in poll). */
-static void wk_wake_parent(int fd) {
-  if (atomic_exchange(&wk_ring->parent_idle, 0)) {
-    ssize_t r;
-    do r = write(fd, "", 1); while (r < 0 && errno == EINTR);
-  }
-}
-
-/* Appends n bytes to the ring; while it is full, waits (GIL released)
-** for the parent to take some.  Returns 0, or -1 when the parent is
-** gone. */
-static int wk_put(lua_State *L, int fd, const char *p, size_t n) {
-  pl_ring *r = wk_ring;
-  while (n > 0) {
-    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    size_t room = PL_RING - (size_t)(tail - atomic_load(&r->head));
-    if (room == 0) {
-      uint32_t seq = atomic_load(&r->space_seq);
-      atomic_store(&r->worker_waits, 1);
-      wk_wake_parent(fd);
-      if (PL_RING - (size_t)(tail - atomic_load(&r->head)) == 0) {
-        mt_blocking_begin(L);
-        shm_futex_wait(&r->space_seq, seq, 0.1);
-        mt_blocking_end(L);
-      }
-      atomic_store(&r->worker_waits, 0);
-      if (getppid() == 1) return -1;   /* orphaned: nobody will read */
-      continue;
-    }
-    size_t k = n < room ? n : room;
-    size_t at = (size_t)(tail % PL_RING), first = PL_RING - at;
-    if (first > k) first = k;
-    memcpy(r->data + at, p, first);
-    memcpy(r->data, p + first, k - first);
-    atomic_store(&r->tail, tail + k);
-    p += k;
-    n -= k;
-  }
-  return 0;
-}
-
-/* _pool.send(fd, job, ok, payload) -> true | false (the parent is
-** gone): one result, in the ring at once, so a worker that dies later
-** loses nothing it finished. */
-static int wk_send(lua_State *L) {
-  int fd = (int)luaL_checkinteger(L, 1);
-  uint64_t job = (uint64_t)luaL_checkinteger(L, 2);
-  char ok = (char)lua_toboolean(L, 3);
-  size_t len;
-  const char *payload = luaL_checklstring(L, 4, &len);
-  if (wk_ring == NULL) return luaL_error(L, "_pool.send: not in a pool worker");
-  if (len > PL_MAXFRAME - 16) return mt_raise(L, "ValueError", "pool: result of %d bytes is too large", (int)len);
-  char hdr[PL_HDR_RESULT];
-  uint32_t flen = (uint32_t)(9 + len);
-  memcpy(hdr, &flen, 4);
-  memcpy(hdr + 4, &job, 8);
-  hdr[12] = ok;
-  int gone = wk_put(L, fd, hdr, sizeof hdr) < 0 || wk_put(L, fd, payload, len) < 0;
-  if (!gone) wk_wake_parent(fd);
-  lua_pushboolean(L, !gone);
-  return 1;
-}
-
-/* _pool.exit(code): a worker leaves without running the parent's code. */
-static int wk_exit(lua_State *L) {
-  int code = (int)luaL_optinteger(L, 1, 0);
-  fflush(NULL);
-  _exit(code);
-  return 0;
-}
-
 static const luaL_Reg pool_funcs[] = {
   {"new", core_new},
-  {"recv", wk_recv},
-  {"send", wk_send},
-  {"exit", wk_exit},
   {NULL, NULL}
 };
 
@@ -1549,6 +1365,7 @@ int luaopen_mt_pool(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, pool_funcs);
+  pw_setfuncs(L);
   pp_setfuncs(L);
   return 1;
 }
