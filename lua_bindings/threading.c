@@ -361,7 +361,8 @@ static const luaL_Reg event_methods[] = {
 typedef struct mt_handle {
   int started, done;
   unsigned long ident;       /* the pthread_t, known at once */
-  atomic_long native_id;     /* the tid, written by the thread itself */
+  mt_thread *thread;         /* while it runs (GIL); its tid is there */
+  long native_id;            /* copied from it when the thread ends */
   mt_waitlist joiners;
 } mt_handle;
 
@@ -372,7 +373,6 @@ static const char HANDLE_MT[] = "mtlua.thread_handle";
 ** lazily), which saves a context switch per start */
 typedef struct start_info {
   mt_thread *t;
-  mt_handle *h;   /* kept alive by the thread's own stack */
 } start_info;
 
 static void report_escaped(lua_State *L) {
@@ -384,19 +384,20 @@ static void report_escaped(lua_State *L) {
 /* The body of every thread: stack of t->L is handle, function, args. */
 static void *thread_main(void *arg) {
   start_info *si = arg;
-  mt_thread *t = si->t;
-  mt_handle *h = si->h;
-  free(si);
+  mt_thread *t = si->t;   /* not the handle: until this thread holds the */
+  free(si);               /* GIL, the state may even have been closed */
   mt_universe *U = t->U;
   lua_State *L = t->L;
   mt_thread_bind_self(t);
-  atomic_store(&h->native_id, t->native_id);
 
   gil_acquire(&U->gil, t);
   int nargs = lua_gettop(L) - 2;
   lua_pushcfunction(L, mt_msghandler);
   lua_insert(L, 2);
   if (lua_pcall(L, nargs, 0, 2) != LUA_OK) report_escaped(L);
+  mt_handle *h = (mt_handle *)lua_touserdata(L, 1);
+  h->native_id = atomic_load(&t->native_id);
+  h->thread = NULL;
   h->done = 1;
   mt_wake_all(&h->joiners);
   lua_settop(L, 0);
@@ -417,7 +418,7 @@ static int spawn(mt_thread *t, mt_handle *h) {
   start_info *si = malloc(sizeof *si);
   if (si == NULL) return ENOMEM;
   si->t = t;
-  si->h = h;
+  h->thread = t;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   int rc = pthread_create(&th, &attr, thread_main, si);
@@ -511,10 +512,11 @@ static int handle_ident(lua_State *L) {
 ** in the rare case it is asked for before the thread ran at all. */
 static int handle_native_id(lua_State *L) {
   mt_handle *h = checkhandle(L);
-  long id = atomic_load(&h->native_id);
-  if (id == 0 && !h->done) {
+  mt_thread *t = h->thread;   /* GIL held: it cannot end meanwhile */
+  long id = t != NULL ? atomic_load(&t->native_id) : h->native_id;
+  if (id == 0 && t != NULL) {
     mt_blocking_begin(L);
-    while ((id = atomic_load(&h->native_id)) == 0) sched_yield();
+    while ((id = atomic_load(&t->native_id)) == 0) sched_yield();
     mt_blocking_end(L);
   }
   lua_pushinteger(L, id);
@@ -524,6 +526,8 @@ static int handle_native_id(lua_State *L) {
 /* in a forked child the thread is gone: mark it ended */
 static int handle_mark_done(lua_State *L) {
   mt_handle *h = checkhandle(L);
+  if (h->thread != NULL) h->native_id = atomic_load(&h->thread->native_id);
+  h->thread = NULL;
   h->done = 1;
   memset(&h->joiners, 0, sizeof h->joiners);
   return 0;

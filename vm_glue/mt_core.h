@@ -60,7 +60,8 @@ struct mt_thread {
   int ref;                   /* registry reference anchoring L (-1: main) */
   pthread_t pthread;
   unsigned long ident;       /* threading.get_ident() */
-  long native_id;            /* threading.get_native_id() (the tid) */
+  atomic_long native_id;     /* threading.get_native_id() (the tid);
+                                written by the thread itself as it starts */
   int is_main;
   int dead;                  /* ended, or left behind in a forked child */
   int ensure_depth;          /* mtlua_gil_ensure nesting */
