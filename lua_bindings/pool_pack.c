@@ -19,6 +19,33 @@
 ** with 'N'). */
 enum { PK_INT, PK_FLT, PK_NIL, PK_TRUE, PK_FALSE };
 
+/* Stores the value on top (popped) as slot k of a packed chunk;
+** returns 0, leaving it, when it is not a number, boolean or nil. */
+static int put_packed(lua_State *L, char *tags, char *vals, size_t k) {
+  char *v = vals + 8 * k;
+  switch (lua_type(L, -1)) {
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, -1)) {
+        lua_Integer iv = lua_tointeger(L, -1);
+        tags[k] = PK_INT;
+        memcpy(v, &iv, 8);
+      } else {
+        lua_Number d = lua_tonumber(L, -1);
+        tags[k] = PK_FLT;
+        memcpy(v, &d, 8);
+      }
+      break;
+    case LUA_TNIL: tags[k] = PK_NIL; memset(v, 0, 8); break;
+    case LUA_TBOOLEAN:
+      tags[k] = lua_toboolean(L, -1) ? PK_TRUE : PK_FALSE;
+      memset(v, 0, 8);
+      break;
+    default: return 0;
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
 /* Packs t[i..j] into out (5 + 9 * count bytes) if every value is a
 ** number, a boolean or nil; else returns 0.  One pass: a chunk of
 ** another kind shows it at once, usually at its first value. */
@@ -29,29 +56,11 @@ int pp_pack_into(lua_State *L, int t, lua_Integer i, lua_Integer j, char *out) {
   memcpy(out + 1, &n32, 4);
   char *tags = out + 5, *vals = out + 5 + n;
   for (size_t k = 0; k < n; k++) {
-    char *v = vals + 8 * k;
-    switch (lua_rawgeti(L, t, i + (lua_Integer)k)) {
-      case LUA_TNUMBER:
-        if (lua_isinteger(L, -1)) {
-          lua_Integer iv = lua_tointeger(L, -1);
-          tags[k] = PK_INT;
-          memcpy(v, &iv, 8);
-        } else {
-          lua_Number d = lua_tonumber(L, -1);
-          tags[k] = PK_FLT;
-          memcpy(v, &d, 8);
-        }
-        break;
-      case LUA_TNIL: tags[k] = PK_NIL; memset(v, 0, 8); break;
-      case LUA_TBOOLEAN:
-        tags[k] = lua_toboolean(L, -1) ? PK_TRUE : PK_FALSE;
-        memset(v, 0, 8);
-        break;
-      default:
-        lua_pop(L, 1);
-        return 0;
+    lua_rawgeti(L, t, i + (lua_Integer)k);
+    if (!put_packed(L, tags, vals, k)) {
+      lua_pop(L, 1);
+      return 0;
     }
-    lua_pop(L, 1);
   }
   return 1;
 }
@@ -161,33 +170,6 @@ static int pl_unpack(lua_State *L) {
     return 1;
   }
   pk_loads(L, s, len);
-  return 1;
-}
-
-/* Stores the value on top (popped) as slot k of a packed chunk;
-** returns 0, leaving it, when it is not a number, boolean or nil. */
-static int put_packed(lua_State *L, char *tags, char *vals, size_t k) {
-  char *v = vals + 8 * k;
-  switch (lua_type(L, -1)) {
-    case LUA_TNUMBER:
-      if (lua_isinteger(L, -1)) {
-        lua_Integer iv = lua_tointeger(L, -1);
-        tags[k] = PK_INT;
-        memcpy(v, &iv, 8);
-      } else {
-        lua_Number d = lua_tonumber(L, -1);
-        tags[k] = PK_FLT;
-        memcpy(v, &d, 8);
-      }
-      break;
-    case LUA_TNIL: tags[k] = PK_NIL; memset(v, 0, 8); break;
-    case LUA_TBOOLEAN:
-      tags[k] = lua_toboolean(L, -1) ? PK_TRUE : PK_FALSE;
-      memset(v, 0, 8);
-      break;
-    default: return 0;
-  }
-  lua_pop(L, 1);
   return 1;
 }
 
