@@ -1239,15 +1239,7 @@ static int ms_rebuild(lua_State *L);
 static int ms_reduce(lua_State *L) {
   ms_handle *hd = ms_check(L, 1, ~0u, "shared");
   lua_pushcfunction(L, ms_rebuild);
-  lua_createtable(L, 6, 0);
-  lua_pushinteger(L, getpid());
-  lua_rawseti(L, -2, 1);
-  lua_pushinteger(L, hd->seg.fd);
-  lua_rawseti(L, -2, 2);
-  lua_pushinteger(L, (lua_Integer)hd->h->token);
-  lua_rawseti(L, -2, 3);
-  lua_pushinteger(L, hd->kind);
-  lua_rawseti(L, -2, 4);
+  shm_push_ref(L, 6, hd->seg.fd, hd->h->token, hd->kind);
   lua_newtable(L);   /* the Lua fields, without the C part */
   lua_pushnil(L);
   while (lua_next(L, 1)) {

@@ -128,6 +128,18 @@ void shm_futex_wake(_Atomic uint32_t *word, int n) {
   syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
+void shm_push_ref(lua_State *L, int narr, int fd, uint64_t token, int kind) {
+  lua_createtable(L, narr, 0);
+  lua_pushinteger(L, getpid());
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, fd);
+  lua_rawseti(L, -2, 2);
+  lua_pushinteger(L, (lua_Integer)token);
+  lua_rawseti(L, -2, 3);
+  lua_pushinteger(L, kind);
+  lua_rawseti(L, -2, 4);
+}
+
 /* A zombie still answers kill(pid, 0): read its state instead. */
 int shm_pid_alive(pid_t pid) {
   char path[64], buf[256];
@@ -669,15 +681,7 @@ static int q_rebuild(lua_State *L);
 static int q_reduce(lua_State *L) {
   q_handle *q = q_check(L);
   lua_pushcfunction(L, q_rebuild);
-  lua_createtable(L, 4, 0);
-  lua_pushinteger(L, getpid());
-  lua_rawseti(L, -2, 1);
-  lua_pushinteger(L, q->seg.fd);
-  lua_rawseti(L, -2, 2);
-  lua_pushinteger(L, (lua_Integer)q->sh->token);
-  lua_rawseti(L, -2, 3);
-  lua_pushinteger(L, q_kind_of(L));
-  lua_rawseti(L, -2, 4);
+  shm_push_ref(L, 4, q->seg.fd, q->sh->token, q_kind_of(L));
   return 2;
 }
 

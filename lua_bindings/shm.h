@@ -55,6 +55,11 @@ void shm_mutex_unlock(pthread_mutex_t *m);
 void shm_futex_wait(_Atomic uint32_t *word, uint32_t expected, double seconds);
 void shm_futex_wake(_Atomic uint32_t *word, int n);
 
+/* Pushes the reference that names a segment to another process, for a
+** __reduce__: a table {getpid(), fd, token, kind} with room for 'narr'
+** array items in all (the caller may add more after these four). */
+void shm_push_ref(lua_State *L, int narr, int fd, uint64_t token, int kind);
+
 /* Is process pid still there (a dead owner of a stream is recovered)? */
 int shm_pid_alive(pid_t pid);
 

@@ -837,25 +837,19 @@ static int sk_getsockopt(lua_State *L) {
   return 1;
 }
 
-static int sk_getsockname(lua_State *L) {
+/* getsockname() / getpeername() -> address */
+static int push_name(lua_State *L, int (*get)(int, struct sockaddr *, socklen_t *)) {
   sk_sock *s = sk_checkopen(L);
   sk_addr a;
   socklen_t len = sizeof a;
   memset(&a, 0, sizeof a);
-  if (getsockname(s->fd, &a.sa, &len) < 0) sk_raise_errno(L, errno);
+  if (get(s->fd, &a.sa, &len) < 0) sk_raise_errno(L, errno);
   sk_pushaddr(L, &a, len);
   return 1;
 }
 
-static int sk_getpeername(lua_State *L) {
-  sk_sock *s = sk_checkopen(L);
-  sk_addr a;
-  socklen_t len = sizeof a;
-  memset(&a, 0, sizeof a);
-  if (getpeername(s->fd, &a.sa, &len) < 0) sk_raise_errno(L, errno);
-  sk_pushaddr(L, &a, len);
-  return 1;
-}
+static int sk_getsockname(lua_State *L) { return push_name(L, getsockname); }
+static int sk_getpeername(lua_State *L) { return push_name(L, getpeername); }
 
 /* dup() -> a new socket on a duplicate of the fd */
 static int sk_dup(lua_State *L) {
