@@ -124,6 +124,7 @@ typedef struct ms_handle {
   ms_head *h;
   int kind;
   int boxlocked;               /* box: this handle holds the mutex */
+  size_t boxmapped;            /* box: bytes of the file mapped at seg.base */
 } ms_handle;
 
 static const char MS_KEY = 'S';
@@ -1143,16 +1144,46 @@ static ms_handle *box_check(lua_State *L) {
   return hd;
 }
 
-/* A box's mapping covers MS_BOXMAX bytes from the start, whatever the
-** file's size, so that growing it (ftruncate) never moves the mapping:
-** its mutex must keep its address while held (glibc's robust list
-** points at it). */
-static int box_reserve(shm_segment *seg) {
-  void *p = mremap(seg->base, seg->size, MS_BOXMAX, MREMAP_MAYMOVE);
-  if (p == MAP_FAILED) return errno;
-  seg->base = p;
+/* A box's address range is reserved for MS_BOXMAX bytes (PROT_NONE:
+** no memory), and the file is mapped at its start only as far as it
+** goes; growing maps the new part in place.  So the mapping never
+** moves: its mutex must keep its address while held (glibc's robust
+** list points at it).  Nothing past the file's end is readable: a
+** read there faults (SIGBUS), and whatever reads all of a process's
+** memory would crawl through it -- valgrind's leak check at exit
+** faulted once per word on 256 MiB per box.  'mapped' bytes of the
+** file are mapped at seg->base now; seg->size becomes the reservation. */
+static int box_reserve(shm_segment *seg, size_t mapped) {
+  void *r = mmap(NULL, MS_BOXMAX, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) return errno;
+  if (mmap(r, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, seg->fd, 0) == MAP_FAILED) {
+    int e = errno;
+    munmap(r, MS_BOXMAX);
+    return e;
+  }
+  munmap(seg->base, seg->size);
+  seg->base = r;
   seg->size = MS_BOXMAX;
   return 0;
+}
+
+/* Maps the part of the file that another process (or this one) grew
+** since this handle last looked; called with the box's mutex held,
+** which keeps 'capacity' still.  The mutex's page is not touched. */
+static int box_cover(ms_handle *hd) {
+  size_t need = page_round(MS_BOXDATA + (size_t)box_of(hd)->capacity);
+  if (need <= hd->boxmapped) return 0;
+  char *at = (char *)hd->seg.base + hd->boxmapped;
+  if (mmap(at, need - hd->boxmapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+           hd->seg.fd, (off_t)hd->boxmapped) == MAP_FAILED)
+    return errno;
+  hd->boxmapped = need;
+  return 0;
+}
+
+static void box_cover_or_raise(lua_State *L, ms_handle *hd) {
+  int e = box_cover(hd);
+  if (e != 0) mt_raise(L, "OSError", "[Errno %d] shared store: %s", e, strerror(e));
 }
 
 static ms_handle *box_check_locked(lua_State *L) {
@@ -1182,6 +1213,7 @@ static int box_read(lua_State *L) {
   ms_handle *hd = box_check_locked(L);
   ms_box *b = box_of(hd);
   if (b->len == 0) { lua_pushnil(L); return 1; }
+  box_cover_or_raise(L, hd);
   pk_loads(L, (const char *)b + MS_BOXDATA, (size_t)b->len);
   return 1;
 }
@@ -1204,6 +1236,7 @@ static int box_write(lua_State *L) {
       return mt_raise(L, "OSError", "[Errno %d] shared store: %s", errno, strerror(errno));
     b->capacity = cap;
   }
+  box_cover_or_raise(L, hd);
   memcpy((char *)b + MS_BOXDATA, s, n);
   b->len = n;
   atomic_fetch_add(&b->version, 1);
@@ -1224,9 +1257,11 @@ static int box_close(lua_State *L) {
 
 static int box_init(lua_State *L) {
   ms_handle *hd = ms_create(L, 1, MS_BOX, 4096, "Manager");
-  int e = box_reserve(&hd->seg);
+  size_t mapped = hd->seg.size;
+  int e = box_reserve(&hd->seg, mapped);
   if (e != 0) return mt_raise(L, "OSError", "[Errno %d] Manager: %s", e, strerror(e));
   hd->h = (ms_head *)hd->seg.base;
+  hd->boxmapped = mapped;
   box_of(hd)->capacity = 4096 - MS_BOXDATA;
   return 0;
 }
@@ -1274,7 +1309,8 @@ static int ms_rebuild(lua_State *L) {
     shm_segment_close(&seg);
     return mt_raise(L, "ValueError", "rebuild(): process %d no longer holds that object", (int)pid);
   }
-  if (kind == MS_BOX && (e = box_reserve(&seg)) != 0) {
+  size_t mapped = page_round(seg.size);
+  if (kind == MS_BOX && (e = box_reserve(&seg, mapped)) != 0) {
     shm_segment_close(&seg);
     return mt_raise(L, "OSError", "[Errno %d] rebuild(): %s", e, strerror(e));
   }
@@ -1284,7 +1320,8 @@ static int ms_rebuild(lua_State *L) {
   if (lua_istable(L, 6)) lua_pushvalue(L, 6);
   else mt_push_class(L, ms_qualnames[kind]);
   lua_setmetatable(L, self);
-  ms_attach(L, self, &seg, (int)kind);
+  ms_handle *hd = ms_attach(L, self, &seg, (int)kind);
+  if (kind == MS_BOX) hd->boxmapped = mapped;
   return 1;
 }
 

@@ -82,6 +82,39 @@ do
   t.is(#d.big, 100000, "dict: a 100 KB value")
   local p = spawn(function() os.exit(#d.big == 100000 and 0 or 1) end)
   join_all({ p }, "dict: the grown store seen in a child")
+  -- a store grown after a process mapped it: that process maps the new
+  -- part when it next reads, and grows it further itself
+  local g = m:dict()
+  local go, back = mp.Queue(), mp.Queue()
+  p = spawn(function()
+    go:get{timeout = 10}
+    local ok, err = pcall(function()
+      assert(#g.big == 300000, "the parent's growth not seen")
+      g.bigger = ("y"):rep(1000000)
+    end)
+    back:put(ok or tostring(err))
+  end)
+  g.big = ("x"):rep(300000)
+  go:put(true)
+  t.is(back:get{timeout = 20}, true, "dict: a store grown since the fork is read by the child")
+  t.is(#g.bigger, 1000000, "dict: the child grew it further, the parent reads it")
+  join_all({ p }, "dict: growing across processes")
+  local again = pickle.loads(pickle.dumps(g))   -- mapped anew from /proc
+  again.huge = ("z"):rep(2000000)
+  t.is(#g.huge, 2000000, "dict: grown through another mapping of the same store")
+  -- Only a store's data is mapped readable, not the whole range it may
+  -- grow into: memory past the file's end faults when read, and what
+  -- reads all of a process's memory (valgrind's leak check, a core
+  -- dump) crawled through 256 MiB of it per store.
+  local maps = assert(io.open("/proc/self/maps"))
+  local readable = 0
+  for line in maps:lines() do
+    local lo, hi = line:match("^(%x+)-(%x+) r[w-]%-s .*mtlua%-sync")
+    if lo then readable = readable + (tonumber(hi, 16) - tonumber(lo, 16)) end
+  end
+  maps:close()
+  t.ok(readable > 0 and readable < 64 << 20,
+       ("dict: shared stores map only their data readable (%d MiB)"):format(readable >> 20))
   -- 4 processes x 50 keys, and a counter under a shared Lock
   local shared = m:dict()
   local lock = m:Lock()
