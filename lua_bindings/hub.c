@@ -147,12 +147,17 @@ static int ring_pop(lua_State *L, gl_hub *h, unsigned *seq) {
 
 /* --------------------------------------------------------- timers */
 
-static void timer_cb(uv_timer_t *handle) {   /* no GIL: record only */
+/* No GIL: records only.  And ends this uv_run at once: libuv 1.44's
+** UV_RUN_ONCE runs the timers already due before it polls, then polls
+** until the next timer or for ever, while what this one fired waits
+** for the hub (uv_stop makes that poll not block). */
+static void timer_cb(uv_timer_t *handle) {
   hub_timer *t = handle->data;
   gl_hub *h = t->hub;
   t->fired = 1;
   t->next_fired = h->fired;
   h->fired = t;
+  uv_stop(handle->loop);
 }
 
 static void timer_free_cb(uv_handle_t *handle) {
