@@ -259,7 +259,7 @@ int mt_argtype_error(lua_State *L, int idx, const char *fname,
                      const char *arg, const char *expected);
 
 /* The prelude's with(obj) (vm_glue/prelude.c). */
-int mt_with(lua_State *L);
+void mt_push_with(lua_State *L);
 
 /* ---------------------------------------------------------- modules */
 
@@ -278,6 +278,20 @@ void mt_report_error(lua_State *L, int idx);
 void *mt_newobject(lua_State *L, int selfidx, const void *key, size_t size);
 void *mt_toobject(lua_State *L, int idx, const void *key);
 void *mt_checkobject(lua_State *L, int idx, const void *key, const char *tname);
+/* Bound fast methods.  `obj:m()` on an instance costs a miss in the
+** instance, a hit in its class, then a lookup of the C state: for a lock
+** pair that is most of the time.  A new instance whose class still has
+** the C method `generic` for `name` gets its own closure `bound` over
+** (state, instance), found by the first lookup, so the call needs no
+** state lookup either.  Call after mt_newobject(L, selfidx, key...). */
+typedef struct mt_fast_method {
+  const char *name;
+  lua_CFunction generic, bound;
+} mt_fast_method;
+void mt_bind_fast_methods(lua_State *L, int selfidx, const void *key,
+                          const mt_fast_method *m);
+#define MT_BOUND_STATE(L)    lua_touserdata(L, lua_upvalueindex(1))
+#define MT_IS_BOUND_SELF(L)  lua_rawequal(L, 1, lua_upvalueindex(2))
 /* Makes a global-visible class from a luaL_Reg list: calls the prelude's
 ** class(name, base), fills the methods, leaves the class on the stack. */
 void mt_newclass(lua_State *L, const char *name, const luaL_Reg *methods);
