@@ -456,12 +456,13 @@ static const char *typename_of(lua_State *L, int idx) {
 }
 
 /* TypeError for a value pickle does not carry.  A C object inside a
-** class instance (the userdata of a Lock...) names the class, as
-** Python names the type it cannot pickle. */
+** class instance (the userdata of a Lock, or its bound methods) names
+** the class, as Python names the type it cannot pickle. */
 static int enc_refuse(pk_enc *e, int idx, int direct, const char *why) {
   lua_State *L = e->L;
   int t = lua_type(L, idx);
-  if (direct && e->inst && (t == LUA_TUSERDATA || t == LUA_TLIGHTUSERDATA))
+  if (direct && e->inst && (t == LUA_TUSERDATA || t == LUA_TLIGHTUSERDATA ||
+                            lua_iscfunction(L, idx)))
     return mt_raise(L, "TypeError", "cannot pickle '%s' object", e->inst);
   if (e->inst)
     return mt_raise(L, "TypeError", "cannot pickle '%s' object%s (in a '%s' instance)",

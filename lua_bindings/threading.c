@@ -78,8 +78,7 @@ static int wait_unlocked(lua_State *L, int *locked, mt_waitlist *wl, double dead
   }
 }
 
-static int lock_acquire(lua_State *L) {
-  mt_lock *lk = checklock(L);
+static int acquire_lock(lua_State *L, mt_lock *lk) {
   if (!lk->locked && lua_gettop(L) == 1) {   /* the fast path */
     lk->locked = 1;
     lua_pushboolean(L, 1);
@@ -93,20 +92,38 @@ static int lock_acquire(lua_State *L) {
   return 1;
 }
 
-static int lock_enter(lua_State *L) {
-  mt_lock *lk = checklock(L);
+static int enter_lock(lua_State *L, mt_lock *lk) {
   if (lk->locked) wait_unlocked(L, &lk->locked, &lk->waiters, -1);
   else lk->locked = 1;
   lua_settop(L, 1);
   return 1;
 }
 
-static int lock_release(lua_State *L) {
-  mt_lock *lk = checklock(L);
+static int release_lock(lua_State *L, mt_lock *lk) {
   if (!lk->locked) return mt_raise(L, "RuntimeError", "release unlocked lock");
   lk->locked = 0;
   if (lk->waiters.head) mt_wake_one(&lk->waiters);
   return 0;
+}
+
+static int lock_acquire(lua_State *L) { return acquire_lock(L, checklock(L)); }
+static int lock_enter(lua_State *L) { return enter_lock(L, checklock(L)); }
+static int lock_release(lua_State *L) { return release_lock(L, checklock(L)); }
+
+/* The bound versions (see mt_bind_fast_methods): upvalue 1 is the
+** state, upvalue 2 the instance; called on another self they do what
+** the class's method does. */
+static int lock_acquire_bound(lua_State *L) {
+  if (!MT_IS_BOUND_SELF(L)) return lock_acquire(L);
+  return acquire_lock(L, (mt_lock *)MT_BOUND_STATE(L));
+}
+static int lock_enter_bound(lua_State *L) {
+  if (!MT_IS_BOUND_SELF(L)) return lock_enter(L);
+  return enter_lock(L, (mt_lock *)MT_BOUND_STATE(L));
+}
+static int lock_release_bound(lua_State *L) {
+  if (!MT_IS_BOUND_SELF(L)) return lock_release(L);
+  return release_lock(L, (mt_lock *)MT_BOUND_STATE(L));
 }
 
 static int lock_locked(lua_State *L) {
@@ -114,9 +131,17 @@ static int lock_locked(lua_State *L) {
   return 1;
 }
 
+static const mt_fast_method lock_fast[] = {
+  {"acquire", lock_acquire, lock_acquire_bound},
+  {"release", lock_release, lock_release_bound},
+  {"__enter__", lock_enter, lock_enter_bound},
+  {NULL, NULL, NULL}
+};
+
 static int lock_init(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   mt_newobject(L, 1, &LOCK_KEY, sizeof(mt_lock));
+  mt_bind_fast_methods(L, 1, &LOCK_KEY, lock_fast);
   return 0;
 }
 
@@ -174,21 +199,19 @@ static int rlock_take(lua_State *L, mt_rlock *rl, double deadline, lua_Integer c
   return 1;
 }
 
-static int rlock_acquire(lua_State *L) {
-  mt_rlock *rl = checkrlock(L);
+static int acquire_rlock(lua_State *L, mt_rlock *rl) {
   double deadline = lua_gettop(L) == 1 ? -1 : acquire_args(L);
   lua_pushboolean(L, rlock_take(L, rl, deadline, 1));
   return 1;
 }
 
-static int rlock_enter(lua_State *L) {
-  rlock_take(L, checkrlock(L), -1, 1);
+static int enter_rlock(lua_State *L, mt_rlock *rl) {
+  rlock_take(L, rl, -1, 1);
   lua_settop(L, 1);
   return 1;
 }
 
-static int rlock_release(lua_State *L) {
-  mt_rlock *rl = checkrlock(L);
+static int release_rlock(lua_State *L, mt_rlock *rl) {
   if (!rl->locked || rl->owner != mt_owner(L))
     return mt_raise(L, "RuntimeError", "cannot release un-acquired lock");
   if (--rl->count == 0) {
@@ -197,6 +220,23 @@ static int rlock_release(lua_State *L) {
     if (rl->waiters.head) mt_wake_one(&rl->waiters);
   }
   return 0;
+}
+
+static int rlock_acquire(lua_State *L) { return acquire_rlock(L, checkrlock(L)); }
+static int rlock_enter(lua_State *L) { return enter_rlock(L, checkrlock(L)); }
+static int rlock_release(lua_State *L) { return release_rlock(L, checkrlock(L)); }
+
+static int rlock_acquire_bound(lua_State *L) {
+  if (!MT_IS_BOUND_SELF(L)) return rlock_acquire(L);
+  return acquire_rlock(L, (mt_rlock *)MT_BOUND_STATE(L));
+}
+static int rlock_enter_bound(lua_State *L) {
+  if (!MT_IS_BOUND_SELF(L)) return rlock_enter(L);
+  return enter_rlock(L, (mt_rlock *)MT_BOUND_STATE(L));
+}
+static int rlock_release_bound(lua_State *L) {
+  if (!MT_IS_BOUND_SELF(L)) return rlock_release(L);
+  return release_rlock(L, (mt_rlock *)MT_BOUND_STATE(L));
 }
 
 static int rlock_is_owned(lua_State *L) {
@@ -237,9 +277,17 @@ static int rlock_locked(lua_State *L) {
   return 1;
 }
 
+static const mt_fast_method rlock_fast[] = {
+  {"acquire", rlock_acquire, rlock_acquire_bound},
+  {"release", rlock_release, rlock_release_bound},
+  {"__enter__", rlock_enter, rlock_enter_bound},
+  {NULL, NULL, NULL}
+};
+
 static int rlock_init(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   mt_newobject(L, 1, &RLOCK_KEY, sizeof(mt_rlock));
+  mt_bind_fast_methods(L, 1, &RLOCK_KEY, rlock_fast);
   return 0;
 }
 

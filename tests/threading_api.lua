@@ -225,4 +225,32 @@ do
   t.is(n, 100, "100 threads started and joined")
 end
 
+-- Lock and RLock instances carry bound fast methods: the class's methods,
+-- subclass overrides and calls on another self must behave as before.
+for _, name in ipairs{"Lock", "RLock"} do
+  local Cls = threading[name]
+  local a, b = Cls(), Cls()
+  t.ok(a:acquire(), name .. ": a:acquire()")
+  t.ok(Cls.acquire(b, false), name .. ": the class's acquire on another instance")
+  t.ok(a:locked() and b:locked(), name .. ": both locked")
+  a.release(b)
+  t.ok(a:locked() and not b:locked(), name .. ": a.release(b) releases b, not a")
+  a:release()
+  t.raises(function() a.acquire() end, TypeError, "did you call with '%.'", name .. ": a.acquire() without self")
+  t.raises(function() a.acquire(42) end, TypeError, nil, name .. ": a.acquire(42)")
+  t.ok(not a:locked(), name .. ": nothing taken by the bad calls")
+  do local _ <close> = with(a); t.ok(a:locked(), name .. ": with() takes it") end
+  t.ok(not a:locked(), name .. ": and gives it back")
+
+  local Counted = class("Counted" .. name, Cls)
+  function Counted:__init__() Cls.__init__(self); self.n = 0 end
+  function Counted:acquire(...) self.n = self.n + 1; return Cls.acquire(self, ...) end
+  function Counted:__enter__() self.n = self.n + 10; return Cls.__enter__(self) end
+  local c = Counted()
+  c:acquire(); c:release()
+  do local _ <close> = with(c) end
+  t.is(c.n, 11, name .. ": a subclass's overrides are called")
+  t.ok(not c:locked(), name .. ": and the subclass's lock works")
+end
+
 t.done()

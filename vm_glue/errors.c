@@ -245,6 +245,24 @@ void *mt_checkobject(lua_State *L, int idx, const void *key, const char *tname) 
   return p;
 }
 
+void mt_bind_fast_methods(lua_State *L, int selfidx, const void *key, const mt_fast_method *m) {
+  selfidx = lua_absindex(L, selfidx);
+  lua_rawgetp(L, selfidx, key);
+  int state = lua_gettop(L);
+  for (; m->name != NULL; m++) {
+    lua_getfield(L, selfidx, m->name);   /* what a call would find */
+    if (lua_tocfunction(L, -1) == m->generic) {
+      lua_pushstring(L, m->name);
+      lua_pushvalue(L, state);
+      lua_pushvalue(L, selfidx);
+      lua_pushcclosure(L, m->bound, 2);
+      lua_rawset(L, selfidx);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 void mt_newclass(lua_State *L, const char *name, const luaL_Reg *methods) {
   lua_getfield(L, LUA_REGISTRYINDEX, "mtlua.class");
   lua_pushstring(L, name);

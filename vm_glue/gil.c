@@ -2,9 +2,10 @@
 ** gil.c -- the global interpreter lock, after CPython's "new GIL"
 ** (Python/ceval_gil.c).  A thread that wants the GIL waits one switch
 ** interval; if the GIL has not changed hands meanwhile it sets
-** drop_request, which the holder sees in its count hook.  The holder
-** then drops the GIL and waits until someone else has taken it (forced
-** switching), so a busy thread cannot starve the others.
+** drop_request, which the holder sees in its hook (set by a signal, or
+** always there: threads.c).  The holder then drops the GIL and waits
+** until someone else has taken it (forced switching), so a busy thread
+** cannot starve the others.
 */
 #include <errno.h>
 #include <time.h>
@@ -58,8 +59,10 @@ void gil_acquire(mt_gil *gil, mt_thread *self) {
     deadline_in(&ts, atomic_load_explicit(&gil->interval_us, memory_order_relaxed));
     int rc = pthread_cond_timedwait(&gil->cond, &gil->mutex, &ts);
     /* a whole interval passed and nobody switched: ask the holder */
-    if (rc == ETIMEDOUT && gil->locked && gil->switch_number == seen)
+    if (rc == ETIMEDOUT && gil->locked && gil->switch_number == seen) {
       atomic_store_explicit(&gil->drop_request, 1, memory_order_relaxed);
+      mt_preempt(gil->holder);
+    }
   }
   gil->locked = 1;
   if (gil->holder != self) {

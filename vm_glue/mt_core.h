@@ -70,6 +70,9 @@ struct mt_thread {
   pthread_mutex_t park_mutex;
   pthread_cond_t park_cond;
   atomic_int interrupt;      /* SIGINT arrived (main thread only) */
+  atomic_int preempt;        /* asked to drop the GIL (the signal's flag) */
+  int preempt_stage;         /* the signal's hook is delaying the switch */
+  unsigned jitter;           /* by how much: a little random generator */
   unsigned long park_seq;    /* which wait of this thread is current */
   int park_signaled;         /* that wait was signalled (park_mutex) */
   /* Wake-ups this thread gave while holding the GIL are signalled
@@ -91,7 +94,8 @@ struct mt_universe {
                                 freed while the universe lives, so a late
                                 wake-up never touches freed memory */
   int nthreads;
-  int threaded;              /* ever had 2+ threads: preemption hooks on */
+  int threaded;              /* every Lua thread carries the count hook
+                                (preemption without signals, threads.c) */
   int exit_status;           /* asked for by SystemExit/os.exit paths */
   int closing;
   pid_t pid;                 /* the process the universe runs in */
@@ -148,12 +152,21 @@ void mt_thread_bind_self(mt_thread *t);     /* in the new OS thread */
 void mt_thread_unregister(mt_thread *t);    /* GIL held */
 void mt_thread_free(mt_thread *t);   /* to the universe's spares */
 void mt_universe_free(mt_universe *U);
-/* Turns preemption on: from now on every running Lua thread has the
-** count hook.  Called when a second OS thread is about to run Lua. */
+/* Turns preemption on: called when a second OS thread is about to run
+** Lua.  Without signals (threads.c) every Lua thread gets the count
+** hook from now on. */
 void mt_enter_threaded(lua_State *L);
-/* Gives coroutine 'co' the hook when threaded; records it as running. */
+/* Gives coroutine 'co' the count hook when threaded; records it as
+** running (the preemption signal hooks the running one). */
 void mt_prepare_resume(lua_State *L, lua_State *co);
 void mt_set_running(lua_State *co);
+/* Asks t, which holds the GIL, to drop it soon: sends it the preemption
+** signal (nothing when the count hook is on).  The GIL's mutex held. */
+void mt_preempt(mt_thread *t);
+#define MT_PREEMPT_SIGNAL SIGURG
+/* A hook a while from now on self's running Lua thread, to signal the
+** wake-ups it deferred if it keeps the GIL (wait.c). */
+void mt_arm_flush_hook(mt_thread *self);
 /* fork() for multiprocessing and pool: flushes stdio first; in the
 ** child re-initialises the runtime (GIL, waits, threading's records,
 ** the hub), reseeds math.random.  Returns fork's result (GIL held in
@@ -259,7 +272,7 @@ int mt_argtype_error(lua_State *L, int idx, const char *fname,
                      const char *arg, const char *expected);
 
 /* The prelude's with(obj) (vm_glue/prelude.c). */
-int mt_with(lua_State *L);
+void mt_push_with(lua_State *L);
 
 /* ---------------------------------------------------------- modules */
 
@@ -278,6 +291,20 @@ void mt_report_error(lua_State *L, int idx);
 void *mt_newobject(lua_State *L, int selfidx, const void *key, size_t size);
 void *mt_toobject(lua_State *L, int idx, const void *key);
 void *mt_checkobject(lua_State *L, int idx, const void *key, const char *tname);
+/* Bound fast methods.  `obj:m()` on an instance costs a miss in the
+** instance, a hit in its class, then a lookup of the C state: for a lock
+** pair that is most of the time.  A new instance whose class still has
+** the C method `generic` for `name` gets its own closure `bound` over
+** (state, instance), found by the first lookup, so the call needs no
+** state lookup either.  Call after mt_newobject(L, selfidx, key...). */
+typedef struct mt_fast_method {
+  const char *name;
+  lua_CFunction generic, bound;
+} mt_fast_method;
+void mt_bind_fast_methods(lua_State *L, int selfidx, const void *key,
+                          const mt_fast_method *m);
+#define MT_BOUND_STATE(L)    lua_touserdata(L, lua_upvalueindex(1))
+#define MT_IS_BOUND_SELF(L)  lua_rawequal(L, 1, lua_upvalueindex(2))
 /* Makes a global-visible class from a luaL_Reg list: calls the prelude's
 ** class(name, base), fills the methods, leaves the class on the stack. */
 void mt_newclass(lua_State *L, const char *name, const luaL_Reg *methods);

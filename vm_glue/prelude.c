@@ -16,13 +16,31 @@ static int closer_close(lua_State *L) {
   return 0;
 }
 
+/* with's upvalues: the names it looks up on every call, made once (a
+** lua_getfield would hash and compare the C string each time). */
+#define ENTER_NAME  lua_upvalueindex(1)
+#define CLOSE_NAME  lua_upvalueindex(2)
+
+/* Does obj (at 1) have a __close metamethod? */
+static int has_close(lua_State *L) {
+  if (!lua_getmetatable(L, 1)) return 0;
+  lua_pushvalue(L, CLOSE_NAME);
+  int t = lua_rawget(L, -2);
+  lua_pop(L, 2);
+  return t != LUA_TNIL;
+}
+
 /* with(obj) -> closer, value: calls obj:__enter__(); the closer's
 ** closing calls obj:__exit__(err).  When __enter__ returns obj and obj
 ** has a __close metamethod, obj is its own closer. */
-int mt_with(lua_State *L) {
+static int with(lua_State *L) {
   lua_settop(L, 1);
   int t = lua_type(L, 1);
-  if ((t != LUA_TTABLE && t != LUA_TUSERDATA) || lua_getfield(L, 1, "__enter__") == LUA_TNIL) {
+  if (t == LUA_TTABLE || t == LUA_TUSERDATA) {
+    lua_pushvalue(L, ENTER_NAME);
+    t = lua_gettable(L, 1);
+  }
+  if (t == LUA_TNIL || lua_gettop(L) == 1) {
     const char *tname = luaL_typename(L, 1);
     if (lua_istable(L, 1) && luaL_getmetafield(L, 1, "__name__") == LUA_TSTRING)
       tname = lua_tostring(L, -1);
@@ -30,10 +48,7 @@ int mt_with(lua_State *L) {
   }
   lua_pushvalue(L, 1);
   lua_call(L, 1, 1);
-  if (lua_rawequal(L, 1, 2) && luaL_getmetafield(L, 1, "__close") != LUA_TNIL) {
-    lua_pop(L, 1);
-    return 2;
-  }
+  if (lua_rawequal(L, 1, 2) && has_close(L)) return 2;
   lua_settop(L, 2);
   lua_createtable(L, 0, 1);
   lua_pushvalue(L, 1);
@@ -47,4 +62,10 @@ int mt_with(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_insert(L, 2);
   return 2;
+}
+
+void mt_push_with(lua_State *L) {
+  lua_pushliteral(L, "__enter__");
+  lua_pushliteral(L, "__close");
+  lua_pushcclosure(L, with, 2);
 }

@@ -63,7 +63,7 @@ static void run_prelude(lua_State *L) {
     abort();
   }
   lua_pushcfunction(L, mt_lua_register_class);
-  lua_pushcfunction(L, mt_with);
+  mt_push_with(L);
   lua_call(L, 2, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "mtlua.prelude");
   lua_getglobal(L, "class");

@@ -1,14 +1,11 @@
 /*
-** threads.c -- the universe and its registry of OS threads; the count
-** hook through which a running thread gives up the GIL when asked.
-**
-** The hook costs something on every Lua instruction, so it is only
-** installed once a second OS thread runs Lua (mt_enter_threaded): a
-** single-threaded script runs at plain Lua speed.  Coroutines inherit
-** the hook from the Lua thread that creates them; the resume wrappers
-** give it to those made before threading began (mt_prepare_resume).
+** threads.c -- the universe and its registry of OS threads; the hook
+** through which a running thread gives up the GIL when asked, and the
+** signal that sets it (see "the hook" below).
 */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -192,22 +189,69 @@ mt_universe *mt_universe_new(lua_State *L) {
 
 /* ------------------------------------------------------------- the hook */
 
-static void set_normal_hook(mt_universe *U, lua_State *L);
+/* How a thread waiting for the GIL gets the holder to drop it.
+**
+** Signals (the default): no hook at all while nobody waits.  A waiter
+** that waited a whole switch interval sends SIGURG to the holder's OS
+** thread; the handler sets a one-shot count hook on the Lua thread it
+** runs (what lua.c does for Ctrl-C), and the hook drops the GIL.  Lua
+** 5.4 with any hook set calls into its debug machinery on every
+** instruction, which halves the speed of a tight loop: a permanent
+** count hook would cost that for the whole life of every thread.
+**
+** The count hook (the fallback): every Lua thread carries it once a
+** second OS thread runs Lua; U->threaded says it is on.  Used under
+** ThreadSanitizer (which delivers signals only when the thread next
+** calls into libc: a pure-Lua loop would never be preempted), when the
+** host program has its own SIGURG handler, or with MTLUA_PREEMPT=hook. */
+enum { PREEMPT_UNDECIDED, PREEMPT_SIGNAL, PREEMPT_HOOK };
+static atomic_int preempt_mode;
 
-static void mt_hook(lua_State *L, lua_Debug *ar) {
-  mt_universe *U = mt_universe_of(L);
-  mt_thread *t = mt_thread_self_in(U);
-  (void)ar;
-  if (t == NULL) return;
-  if (lua_gethookmask(L) & LUA_MASKCALL)
-    set_normal_hook(U, L);   /* undo the watcher's count-1 hook */
-  if (atomic_load_explicit(&t->interrupt, memory_order_relaxed))
-    mt_check_interrupt(L);
-  if (t->ndeferred > 0) mt_flush_wakes(t);   /* a busy waker */
-  if (atomic_load_explicit(&U->gil.drop_request, memory_order_relaxed)) {
-    gil_release(&U->gil, t, 1);
-    gil_acquire(&U->gil, t);
+static void mt_hook(lua_State *L, lua_Debug *ar);
+
+static void on_preempt_signal(int sig) {
+  int saved = errno;
+  (void)sig;
+  for (int i = 0; i < TLS_SLOTS; i++) {
+    mt_thread *t = tls_records[i].t;
+    if (t != NULL && atomic_exchange(&t->preempt, 0) && t->running != NULL)
+      lua_sethook(t->running, mt_hook, LUA_MASKCOUNT, 1);
   }
+  errno = saved;
+}
+
+static int signals_usable(void) {
+#if defined(__SANITIZE_THREAD__)
+  return 0;
+#else
+  const char *force = getenv("MTLUA_PREEMPT");
+  struct sigaction sa, old;
+  if (force != NULL && strcmp(force, "hook") == 0) return 0;
+  if (sigaction(MT_PREEMPT_SIGNAL, NULL, &old) != 0) return 0;
+  if ((old.sa_flags & SA_SIGINFO) || (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN))
+    return 0;   /* the host program's */
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_preempt_signal;
+  sigfillset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;   /* a holder's fast-path read or write goes on */
+  return sigaction(MT_PREEMPT_SIGNAL, &sa, NULL) == 0;
+#endif
+}
+
+static int preempt_by_signal(void) {
+  int mode = atomic_load(&preempt_mode);
+  if (mode == PREEMPT_UNDECIDED) {
+    mode = signals_usable() ? PREEMPT_SIGNAL : PREEMPT_HOOK;
+    atomic_store(&preempt_mode, mode);
+  }
+  return mode == PREEMPT_SIGNAL;
+}
+
+/* gil.c, with the GIL's mutex held and t holding the GIL. */
+void mt_preempt(mt_thread *t) {
+  if (atomic_load(&preempt_mode) != PREEMPT_SIGNAL) return;   /* hooked */
+  atomic_store(&t->preempt, 1);
+  pthread_kill(t->pthread, MT_PREEMPT_SIGNAL);
 }
 
 static void set_normal_hook(mt_universe *U, lua_State *L) {
@@ -215,11 +259,54 @@ static void set_normal_hook(mt_universe *U, lua_State *L) {
   else lua_sethook(L, NULL, 0, 0);
 }
 
+/* A hook set by the signal handler fires where the VM looks at its
+** hook: at a call or a jump back, so always at the same place of a
+** loop.  The switch goes a few instructions further, as a count hook's
+** would, so that a racy `counter = counter + 1` can still lose updates
+** (the notes' point). */
+static int delay_switch(lua_State *L, mt_thread *t) {
+  if (t->preempt_stage) {
+    t->preempt_stage = 0;
+    return 0;
+  }
+  t->preempt_stage = 1;
+  t->jitter = t->jitter * 1103515245u + 12345u;
+  lua_sethook(L, mt_hook, LUA_MASKCOUNT, 1 + (int)((t->jitter >> 16) % 5));
+  return 1;
+}
+
+static void mt_hook(lua_State *L, lua_Debug *ar) {
+  mt_universe *U = mt_universe_of(L);
+  mt_thread *t = mt_thread_self_in(U);
+  (void)ar;
+  if (t == NULL) return;
+  int drop = atomic_load_explicit(&U->gil.drop_request, memory_order_relaxed);
+  if (drop && !U->threaded && delay_switch(L, t)) return;
+  t->preempt_stage = 0;
+  if (!U->threaded || (lua_gethookmask(L) & LUA_MASKCALL))
+    set_normal_hook(U, L);   /* one-shot hooks end here */
+  if (atomic_load_explicit(&t->interrupt, memory_order_relaxed))
+    mt_check_interrupt(L);
+  if (t->ndeferred > 0) mt_flush_wakes(t);   /* a busy waker */
+  if (drop) {
+    gil_release(&U->gil, t, 1);
+    gil_acquire(&U->gil, t);
+  }
+}
+
 /* Called by the SIGINT watcher, from its own thread, like lua.c's
 ** signal handler: makes the running Lua code stop at its next
 ** instruction.  lua_sethook is documented as safe for this. */
 void mt_hook_interrupt(lua_State *L) {
   lua_sethook(L, mt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* A thread that deferred wake-ups (wait.c) signals them when it lets
+** the GIL go; a busy one, which does not, from a hook a while later. */
+void mt_arm_flush_hook(mt_thread *self) {
+  lua_State *L = self->running;
+  if (L != NULL && lua_gethook(L) == NULL)
+    lua_sethook(L, mt_hook, LUA_MASKCOUNT, MT_HOOK_COUNT);
 }
 
 static void hook_if_unhooked(lua_State *L) {
@@ -231,7 +318,7 @@ static void hook_if_unhooked(lua_State *L) {
 ** safe.  Threads made later inherit the hook through lua_newthread. */
 void mt_enter_threaded(lua_State *L) {
   mt_universe *U = mt_universe_of(L);
-  if (U->threaded) return;
+  if (U->threaded || preempt_by_signal()) return;
   U->threaded = 1;
   for (mt_thread *t = U->threads; t != NULL; t = t->next) {
     hook_if_unhooked(t->L);

@@ -81,7 +81,7 @@ void mt_waiter_wake(mt_waiter *w) {
   }
   self->deferred[self->ndeferred].thread = t;
   self->deferred[self->ndeferred].seq = w->seq;
-  self->ndeferred++;
+  if (self->ndeferred++ == 0) mt_arm_flush_hook(self);
 }
 
 void mt_flush_wakes(mt_thread *self) {
