@@ -259,7 +259,7 @@ t.ok(isinstance(tm.exception, gevent.Timeout), "Timeout interrupts a patched tim
 -- Ctrl-C while the main greenlet waits on the hub: KeyboardInterrupt,
 -- status 130 (the script runs in the background, then gets SIGINT)
 local function interrupted(src, name)
-  local path = os.tmpname() .. ".lua"
+  local path = t.tmpname(".lua")
   local h = io.open(path, "w"); h:write(src); h:close()
   local outp, errp = os.tmpname(), os.tmpname()
   os.execute(("(timeout 20 %s %s >%s 2>%s; echo $? >>%s) & sleep 0.5; kill -INT $(pgrep -f '^%s %s') ; wait")

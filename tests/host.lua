@@ -71,7 +71,7 @@ end
 
 -- Ctrl-C -----------------------------------------------------------------------
 local function interrupted(src, name)
-  local path = os.tmpname() .. ".lua"
+  local path = t.tmpname(".lua")
   local h = io.open(path, "w"); h:write(src); h:close()
   local out, err = os.tmpname(), os.tmpname()
   -- the script is started in the background, then sent SIGINT
@@ -112,7 +112,7 @@ do
   t.like(o, "caught\ttrue\tfalse", "KeyboardInterrupt is not an Exception")
 end
 do   -- SIGINT ignored at start stays ignored (as in CPython)
-  local path = os.tmpname() .. ".lua"
+  local path = t.tmpname(".lua")
   local h = io.open(path, "w"); h:write("require('time').sleep(0.8) print('slept')"); h:close()
   local p = io.popen(("trap '' INT; %s %s & sleep 0.3; kill -INT $!; wait $!; echo status $?")
     :format(t.mtlua, path))
@@ -187,8 +187,10 @@ do   -- os.execute and io.popen reads release the GIL
   local x, y = p:read("n", "n")
   p:close()
   t.ok(x == 12 and y == 34, "read('n') on a pipe")
-  local out = t.run("-e 'print(io.read(\"l\"), io.read(\"n\"), io.read(2), io.read(\"a\"))'", 10,
-    (function() local f2 = os.tmpname(); local h = io.open(f2, "w"); h:write("l1\n42 xyz"); h:close(); return f2 end)())
+  local input = os.tmpname()
+  local h = io.open(input, "w"); h:write("l1\n42 xyz"); h:close()
+  local out = t.run("-e 'print(io.read(\"l\"), io.read(\"n\"), io.read(2), io.read(\"a\"))'", 10, input)
+  os.remove(input)
   t.is(out, "l1\t42\t x\tyz\n", "io.read formats on stdin")
 end
 

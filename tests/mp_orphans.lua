@@ -21,7 +21,7 @@ local function alive(pid)
 end
 
 local before = shm_entries()
-local script = os.tmpname() .. ".lua"
+local script = t.tmpname(".lua")
 local out = os.tmpname()
 local f = assert(io.open(script, "w"))
 f:write([[

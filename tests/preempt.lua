@@ -100,7 +100,7 @@ t.mtlua = plain
 
 -- SIGURG ignored by whoever started us: preemption still works
 do
-  local path = os.tmpname() .. ".lua"
+  local path = t.tmpname(".lua")
   local h = assert(io.open(path, "w"))
   h:write[[
     local threading = require "threading"

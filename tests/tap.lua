@@ -72,9 +72,17 @@ function M.run(args, limit, stdin)
   return o, e, status
 end
 
+-- A fresh temporary file name ending in suffix (os.tmpname creates the
+-- file it names: that one is removed, not left in /tmp).
+function M.tmpname(suffix)
+  local base = os.tmpname()
+  os.remove(base)
+  return base .. (suffix or "")
+end
+
 -- Runs a Lua source text as a script; returns stdout, stderr, status.
 function M.run_source(src, limit, args)
-  local path = os.tmpname() .. ".lua"
+  local path = M.tmpname(".lua")
   local f = assert(io.open(path, "w"))
   f:write(src)
   f:close()
