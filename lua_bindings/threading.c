@@ -456,21 +456,19 @@ static void *thread_main(void *arg) {
   ** release as nobody (t may be reused as soon as the GIL is free) */
   mt_flush_wakes(t);
   mt_thread_free(t);
+  mt_thread_ending(pthread_self());
   gil_release(&U->gil, NULL, 0);
   return NULL;
 }
 
 static int spawn(mt_thread *t, mt_handle *h) {
   pthread_t th;
-  pthread_attr_t attr;
   start_info *si = malloc(sizeof *si);
   if (si == NULL) return ENOMEM;
   si->t = t;
   h->thread = t;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  int rc = pthread_create(&th, &attr, thread_main, si);
-  pthread_attr_destroy(&attr);
+  mt_join_ending_threads();   /* joinable: see mt_thread_ending */
+  int rc = pthread_create(&th, NULL, thread_main, si);
   if (rc != 0) free(si);
   else h->ident = (unsigned long)th;   /* what pthread_self() says there */
   return rc;

@@ -39,6 +39,7 @@ static void lua_after_fork(lua_State *L) {
 pid_t mt_fork(lua_State *L) {
   mt_universe *U = mt_universe_of(L);
   fflush(NULL);   /* nothing buffered may be written twice */
+  mt_join_ending_threads();   /* none may be inside malloc at the fork */
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;

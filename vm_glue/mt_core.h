@@ -167,6 +167,10 @@ void mt_preempt(mt_thread *t);
 /* A hook a while from now on self's running Lua thread, to signal the
 ** wake-ups it deferred if it keeps the GIL (wait.c). */
 void mt_arm_flush_hook(mt_thread *self);
+/* A thread of ours about to end (its last GIL release) is listed, and
+** joined by the next fork, thread start or close (threads.c). */
+void mt_thread_ending(pthread_t th);
+void mt_join_ending_threads(void);
 /* fork() for multiprocessing and pool: flushes stdio first; in the
 ** child re-initialises the runtime (GIL, waits, threading's records,
 ** the hub), reseeds math.random.  Returns fork's result (GIL held in

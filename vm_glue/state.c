@@ -260,6 +260,7 @@ int mtlua_close(lua_State *L) {
   U->closing = 1;
   mt_interrupt_stop(U);
   lua_close(L);
+  mt_join_ending_threads();
   /* daemon threads may still wait for the GIL we keep: the universe
   ** must outlive them, so it is freed only when no thread is left */
   if (U->nthreads <= 1) mt_universe_free(U);

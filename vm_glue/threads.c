@@ -339,6 +339,42 @@ void mt_set_running(lua_State *co) {
   if (t != NULL) t->running = co;
 }
 
+/* ----------------------------------------------------- ending threads */
+
+/* Threads that let the GIL go for the last time and are ending.  An OS
+** thread's exit still frees memory after that, and a fork meanwhile can
+** copy an allocator lock it holds: AddressSanitizer's allocator has no
+** fork handlers, and a child then hung at its first allocation.  So
+** threads are joinable, and a fork (or a new thread, or the end) first
+** joins the ending ones: join returns once the thread is gone. */
+static pthread_mutex_t ending_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t ending[64];
+static int nending;
+
+static void join_ending_locked(void) {
+  for (int i = 0; i < nending; i++) pthread_join(ending[i], NULL);
+  nending = 0;
+}
+
+void mt_thread_ending(pthread_t th) {
+  pthread_mutex_lock(&ending_mu);
+  if (nending == (int)(sizeof ending / sizeof ending[0])) join_ending_locked();
+  ending[nending++] = th;
+  pthread_mutex_unlock(&ending_mu);
+}
+
+void mt_join_ending_threads(void) {
+  pthread_mutex_lock(&ending_mu);
+  join_ending_locked();
+  pthread_mutex_unlock(&ending_mu);
+}
+
+/* In a forked child the parent's ending threads do not exist. */
+static void ending_after_fork_child(void) {
+  pthread_mutex_init(&ending_mu, NULL);
+  nending = 0;
+}
+
 /* ------------------------------------------------------------- fork */
 
 void mt_universe_after_fork_child(mt_universe *U) {
@@ -361,6 +397,7 @@ void mt_universe_after_fork_child(mt_universe *U) {
   if (self->running != NULL && self->running != self->L) lua_sethook(self->running, NULL, 0, 0);
   if (self->L != NULL) lua_sethook(self->L, NULL, 0, 0);
   mt_interrupt_after_fork_child();
+  ending_after_fork_child();
   atomic_store(&self->interrupt, 0);
   self->native_id = (long)syscall(SYS_gettid);
   if (U->main != self) {
