@@ -356,7 +356,13 @@ static void join_ending_locked(void) {
   nending = 0;
 }
 
+/* Also at exit (os.exit included): a thread that ended and was never
+** joined counts as leaked for ThreadSanitizer. */
+static void register_join_at_exit(void) { atexit(mt_join_ending_threads); }
+static pthread_once_t join_at_exit_once = PTHREAD_ONCE_INIT;
+
 void mt_thread_ending(pthread_t th) {
+  pthread_once(&join_at_exit_once, register_join_at_exit);
   pthread_mutex_lock(&ending_mu);
   if (nending == (int)(sizeof ending / sizeof ending[0])) join_ending_locked();
   ending[nending++] = th;
