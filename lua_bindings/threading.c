@@ -121,6 +121,9 @@ static int lock_enter_bound(lua_State *L) {
   if (!MT_IS_BOUND_SELF(L)) return lock_enter(L);
   return enter_lock(L, (mt_lock *)MT_BOUND_STATE(L));
 }
+static int lock_enter_state(lua_State *L, void *state) {   /* for with() */
+  return enter_lock(L, (mt_lock *)state);
+}
 static int lock_release_bound(lua_State *L) {
   if (!MT_IS_BOUND_SELF(L)) return lock_release(L);
   return release_lock(L, (mt_lock *)MT_BOUND_STATE(L));
@@ -233,6 +236,9 @@ static int rlock_acquire_bound(lua_State *L) {
 static int rlock_enter_bound(lua_State *L) {
   if (!MT_IS_BOUND_SELF(L)) return rlock_enter(L);
   return enter_rlock(L, (mt_rlock *)MT_BOUND_STATE(L));
+}
+static int rlock_enter_state(lua_State *L, void *state) {
+  return enter_rlock(L, (mt_rlock *)state);
 }
 static int rlock_release_bound(lua_State *L) {
   if (!MT_IS_BOUND_SELF(L)) return rlock_release(L);
@@ -664,6 +670,8 @@ int luaopen_mt_threading(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, th_funcs);
+  mt_register_fast_enter(lock_enter_bound, lock_enter_state);
+  mt_register_fast_enter(rlock_enter_bound, rlock_enter_state);
   mt_newclass(L, "Lock", lock_methods);
   lua_setfield(L, -2, "Lock");
   mt_newclass(L, "RLock", rlock_methods);

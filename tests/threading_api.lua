@@ -241,6 +241,12 @@ for _, name in ipairs{"Lock", "RLock"} do
   t.ok(not a:locked(), name .. ": nothing taken by the bad calls")
   do local _ <close> = with(a); t.ok(a:locked(), name .. ": with() takes it") end
   t.ok(not a:locked(), name .. ": and gives it back")
+  b.__enter__ = a.__enter__   -- a method bound to another instance
+  do
+    local _ <close> = with(b)
+    t.ok(b:locked() and not a:locked(), name .. ": with(b) takes b even through a's bound __enter__")
+  end
+  t.ok(not b:locked(), name .. ": and gives b back")
 
   local Counted = class("Counted" .. name, Cls)
   function Counted:__init__() Cls.__init__(self); self.n = 0 end

@@ -277,6 +277,10 @@ int mt_argtype_error(lua_State *L, int idx, const char *fname,
 
 /* The prelude's with(obj) (vm_glue/prelude.c). */
 void mt_push_with(lua_State *L);
+/* Lets with() run a C type's bound __enter__ (mt_fast_method 'bound')
+** as enter(L, state), obj at index 1, without a Lua call. */
+typedef int (*mt_enter_fn)(lua_State *L, void *state);
+void mt_register_fast_enter(lua_CFunction bound, mt_enter_fn enter);
 
 /* ---------------------------------------------------------- modules */
 
