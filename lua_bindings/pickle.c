@@ -1027,7 +1027,13 @@ typedef struct pk_dec {
   lua_Integer nmemo, nupv;
   int depth;
   int code;            /* the MAC verified: code may be loaded */
+  int gcstop;          /* the collector is stopped by this loads */
 } pk_dec;
+
+static void gc_restart(pk_dec *d) {
+  if (d->gcstop) lua_gc(d->L, LUA_GCRESTART);
+  d->gcstop = 0;
+}
 
 static void ensure_classes(lua_State *L) {
   if (!mt_push_class(L, "pickle.UnpicklingError")) {
@@ -1039,6 +1045,7 @@ static void ensure_classes(lua_State *L) {
 
 static int dec_error(pk_dec *d, const char *fmt, ...) {
   lua_State *L = d->L;
+  gc_restart(d);   /* ensure_classes may run Lua code */
   va_list ap;
   va_start(ap, fmt);
   const char *msg = lua_pushvfstring(L, fmt, ap);
@@ -1402,35 +1409,81 @@ static void dec_value(pk_dec *d) {
   }
 }
 
-void pk_loads(lua_State *L, const char *s, size_t len) {
-  const unsigned char *u = (const unsigned char *)s;
+/* Decodes s[0..len) and pushes the value; d->L and d->gcstop are set. */
+static void decode(pk_dec *d, const unsigned char *u, size_t len) {
+  lua_State *L = d->L;
   luaL_checkstack(L, 16, "pickle.loads");
   int base = lua_gettop(L) + 1;
-  pk_dec d;
-  d.L = L;
-  lua_pushnil(L); d.memo = base;
-  lua_pushnil(L); d.upmemo = base + 1;
-  lua_pushnil(L); d.by_name = base + 2;
-  d.nmemo = d.nupv = 0;
-  d.depth = 0;
-  d.p = u + 1;
-  d.end = u + len;
-  if (len == 0) dec_error(&d, "empty data");
+  lua_pushnil(L); d->memo = base;
+  lua_pushnil(L); d->upmemo = base + 1;
+  lua_pushnil(L); d->by_name = base + 2;
+  d->nmemo = d->nupv = 0;
+  d->depth = 0;
+  d->p = u + 1;
+  d->end = u + len;
+  if (len == 0) dec_error(d, "empty data");
   if (u[0] == PK_MAGIC_CODE) {
-    if (len < 2 + PK_MACLEN) dec_error(&d, "truncated data");
-    d.end -= PK_MACLEN;
+    if (len < 2 + PK_MACLEN) dec_error(d, "truncated data");
+    d->end -= PK_MACLEN;
     if (!mac_ok(u, len - PK_MACLEN))
-      dec_error(&d, "MAC check failed (code pickled by another process tree, or damaged)");
-    d.code = 1;
+      dec_error(d, "MAC check failed (code pickled by another process tree, or damaged)");
+    d->code = 1;
   } else if (u[0] == PK_MAGIC_DATA) {
-    d.code = 0;
+    d->code = 0;
   } else {
-    dec_error(&d, "not a pickle (unknown version byte %d)", (int)u[0]);
+    dec_error(d, "not a pickle (unknown version byte %d)", (int)u[0]);
   }
-  dec_value(&d);
-  if (d.p != d.end) dec_error(&d, "%d trailing bytes after the pickle", (int)(d.end - d.p));
+  dec_value(d);
+  if (d->p != d->end) dec_error(d, "%d trailing bytes after the pickle", (int)(d->end - d->p));
   lua_replace(L, base);
   lua_settop(L, base);
+}
+
+typedef struct pk_job { pk_dec d; const unsigned char *s; size_t len; } pk_job;
+
+static int decode_protected(lua_State *L) {
+  pk_job *job = (pk_job *)lua_touserdata(L, 1);
+  job->d.L = L;
+  decode(&job->d, job->s, job->len);
+  return 1;
+}
+
+/* A loads makes objects that all live (the result, nothing else), so
+** the collector's steps during one only trace them in vain, and in
+** generational mode they turn them old: freeing them then takes a
+** major collection.  A big data-only pickle (no code: no Lua code
+** runs) is therefore decoded with the collector stopped, under a pcall
+** so that every error restarts it.  Stopping forgives the debt of what
+** is allocated meanwhile, so it is paid before, as a step sized by the
+** input: a young collection in generational mode (it frees the result
+** of the previous loads while that is still young), the matching work
+** in incremental mode.  Memory stays bounded in a loop of loads.
+** Small pickles are not worth the pcall.  (A collector the program
+** stopped is left alone.) */
+#define PK_GCSTOP_MIN 4096
+#define PK_ALLOC_PER_BYTE 10   /* bytes a loads allocates per input byte, about */
+
+void pk_loads(lua_State *L, const char *s, size_t len) {
+  const unsigned char *u = (const unsigned char *)s;
+  pk_job job;
+  job.d.L = L;
+  job.d.gcstop = 0;
+  if (len < PK_GCSTOP_MIN || u[0] != PK_MAGIC_DATA || lua_gc(L, LUA_GCISRUNNING) != 1) {
+    decode(&job.d, u, len);
+    return;
+  }
+  job.s = u;
+  job.len = len;
+  luaL_checkstack(L, 2, "pickle.loads");
+  lua_pushcfunction(L, decode_protected);
+  lua_pushlightuserdata(L, &job);
+  size_t kb = len / 1024 * PK_ALLOC_PER_BYTE;
+  lua_gc(L, LUA_GCSTEP, (int)(kb < INT_MAX ? kb : INT_MAX));
+  lua_gc(L, LUA_GCSTOP);
+  job.d.gcstop = 1;
+  int st = lua_pcall(L, 1, 1, 0);
+  gc_restart(&job.d);
+  if (st != LUA_OK) lua_error(L);
 }
 
 /* ------------------------------------------------------- the module */

@@ -353,6 +353,62 @@ do
   t.ok(failed > inputs / 2, "most damaged inputs are rejected")
 end
 
+------------------------------------------------------------ big pickles
+
+-- a big data-only pickle is decoded with the collector stopped: every
+-- way out restarts it, and memory stays bounded in a loop of loads
+do
+  local big = {}
+  for i = 1, 2000 do big[i] = {i, "s" .. i, {k = i * 0.5}} end
+  local s = dumps(big)
+  t.ok(#s > 8192, "the big pickle is big (" .. #s .. " bytes)")
+  local r = loads(s)
+  t.ok(#r == 2000 and r[2000][2] == "s2000" and r[7][3].k == 3.5, "a big pickle loads")
+  t.ok(collectgarbage("isrunning"), "the collector runs after a big loads")
+  local ok, e = pcall(loads, s:sub(1, #s - 1))
+  t.ok(not ok and isinstance(e, pickle.UnpicklingError), "a truncated big pickle raises UnpicklingError")
+  t.ok(collectgarbage("isrunning"), "the collector runs after a failed big loads")
+  ok, e = pcall(loads, s .. "x")
+  t.ok(not ok and tostring(e):find("trailing", 1, true), "trailing bytes after a big pickle raise")
+  t.ok(collectgarbage("isrunning"), "... and the collector runs")
+  local deep = {}
+  for _ = 1, pickle.MAX_DEPTH - 2 do deep = {deep} end
+  local padded = dumps{deep, ("p"):rep(5000)}
+  ok, e = pcall(loads, padded)
+  t.ok(ok, "a big pickle nested to the limit loads")
+  t.ok(collectgarbage("isrunning"), "... and the collector runs")
+  collectgarbage("stop")
+  r = loads(s)
+  t.ok(#r == 2000 and not collectgarbage("isrunning"), "a collector the program stopped stays stopped")
+  collectgarbage("restart")
+  r, e = nil, nil
+  collectgarbage()
+  local base = collectgarbage("count")
+  local peak = 0
+  for _ = 1, 40 do
+    loads(s)
+    local kb = collectgarbage("count")
+    if kb > peak then peak = kb end
+  end
+  t.ok(peak - base < 8 * #s / 1024 * 10,
+       ("a loop of 40 big loads keeps memory bounded (%.0f KB over %.0f)"):format(peak - base, base))
+  -- damaged big pickles take the stopped-collector path: they raise
+  math.randomseed(54321)
+  local random = math.random
+  local failed, odd = 0, 0
+  for _ = 1, 300 do
+    local pos = random(1, #s)
+    local m = s:sub(1, pos - 1) .. string.char(random(0, 255)) .. s:sub(pos + 1)
+    if random(1, 2) == 1 then m = m:sub(1, random(4096, #m)) end
+    local good, err = pcall(loads, m)
+    if not good then
+      if isinstance(err, pickle.UnpicklingError) then failed = failed + 1 else odd = odd + 1 end
+    end
+  end
+  t.ok(odd == 0 and failed > 0, ("300 damaged big pickles: %d rejected, no other error"):format(failed))
+  t.ok(collectgarbage("isrunning"), "... and the collector runs")
+end
+
 ------------------------------------------------------------ threads
 
 do

@@ -68,6 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_pushlightuserdata(L, copy);
   lua_pushinteger(L, (lua_Integer)size);
   lua_pcall(L, 2, 1, 0);
+  if (lua_gc(L, LUA_GCISRUNNING) != 1) abort();   /* a big loads stops it: every exit restarts it */
   lua_settop(L, 0);
   free(copy);
   lua_gc(L, LUA_GCSTEP, 0);

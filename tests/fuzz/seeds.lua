@@ -20,6 +20,10 @@ local values = {
   P(1, 2), {P(3, 4), P}, R(), _G, {g = _G},
   counter(), {inc, get}, print, {string.format, math.floor}, string.gsub,
 }
+-- a data pickle over 4 KB: loads decodes it with the collector stopped
+local big = {}
+for i = 1, 300 do big[i] = {i, "s" .. i, {k = i * 0.5, cyc = cyc}, P(i, -i)} end
+values[#values + 1] = big
 for i, v in ipairs(values) do
   local f = assert(io.open(("%s/seed%02d"):format(dir, i), "wb"))
   f:write(pickle.dumps(v))
