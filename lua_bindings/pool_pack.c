@@ -79,12 +79,10 @@ static size_t pack_deltas(lua_State *L, int t, lua_Integer i, lua_Integer j, cha
   delta_writer w = { out + 5, 0 };
   for (lua_Integer k = i; k <= j; k++) {
     lua_rawgeti(L, t, k);
-    int isint;
-    lua_Integer v = lua_tointegerx(L, -1, &isint);
-    isint = isint && lua_isinteger(L, -1);   /* not the float 1.0 */
+    int isint = lua_isinteger(L, -1);   /* the float 1.0 is no integer */
+    if (isint) put_delta(&w, lua_tointeger(L, -1));
     lua_pop(L, 1);
     if (!isint) return 0;
-    put_delta(&w, v);
   }
   put_header(out, 'D', (size_t)(j - i + 1));
   return (size_t)(w.p - out);
