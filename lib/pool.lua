@@ -551,7 +551,7 @@ local function run_task(payload, extra, loads)
   local t = loads(payload)
   local func = task_func(t[2])
   if t[1] == 1 then return call(func, t[3], t[4]), false end
-  if not t[4] and extra:byte(1) == 78 then return _pool.map_packed(func, extra), "raw" end
+  if not t[4] and (extra:byte(1) == 68 or extra:byte(1) == 78) then return _pool.map_packed(func, extra), "raw" end
   local out = run_chunk(func, unpack_chunk(extra), t[4])
   return out, true
 end

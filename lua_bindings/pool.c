@@ -1033,6 +1033,16 @@ static pl_frame *new_task(lua_State *L, lua_Integer job, const char *payload,
   return f;
 }
 
+/* A task frame made with room for more extra than it took: its length
+** fields say what it holds, and the rest goes back to the allocator. */
+static pl_frame *shrink_task(pl_frame *f, size_t plen, size_t elen) {
+  uint32_t flen = (uint32_t)(12 + plen + elen);
+  f->len = PL_HDR_TASK + plen + elen;
+  memcpy(f->data, &flen, 4);
+  pl_frame *g = realloc(f, sizeof *f + f->len);
+  return g != NULL ? g : f;
+}
+
 /* Hands a task to the I/O thread (it owns f from here). */
 static int push_task(lua_State *L, pl_core *c, pl_frame *f) {
   pthread_mutex_lock(&c->in_mu);
@@ -1079,9 +1089,12 @@ static int core_submit_chunk(lua_State *L) {
   lua_Integer fid = luaL_optinteger(L, 7, 0);
   if (j < i) j = i - 1;
   if (j - i >= 0x7ffffff) return mt_raise(L, "ValueError", "pool: chunk of %d items is too large", (int)(j - i + 1));
-  size_t elen = 5 + 9 * (size_t)(j - i + 1);
+  size_t elen = pp_packed_max((size_t)(j - i + 1));
   pl_frame *f = new_task(L, job, payload, plen, elen, fid);
-  if (!pp_pack_into(L, 4, i, j, f->data + PL_HDR_TASK + plen)) {
+  size_t used = pp_pack_into(L, 4, i, j, f->data + PL_HDR_TASK + plen);
+  if (used > 0) {
+    f = shrink_task(f, plen, used);
+  } else {
     free(f);
     size_t xlen;
     pp_pickle_slice(L, 4, i, j);

@@ -65,6 +65,12 @@ for _, kind in ipairs { "Pool", "ThreadPool" } do
   t.ok(tabs[1][1] == 2 and tabs[3][1] == 6, tag .. "map over tables returning tables")
   local strs = p:map(string.upper, { "a", "b", "c" })
   t.is(table.concat(strs), "ABC", tag .. "map of a C function over strings")
+  local ext = { math.mininteger, math.maxinteger, -1, 0, 7, n = 5 }
+  local me = p:map(function(x) return x end, ext, 2)
+  t.ok(me.n == 5 and me[1] == math.mininteger and me[2] == math.maxinteger and me[3] == -1 and me[5] == 7,
+    tag .. "map: extreme integers kept exactly")
+  local nanr = p:map(function(x) if x == 2 then return 0 / 0 end return x end, { 1, 2, 3 }, 3)
+  t.ok(nanr[2] ~= nanr[2] and math.type(nanr[1]) == "integer" and nanr[3] == 3, tag .. "map: nan among integers")
   local holes = p:map(function(x) return x end, table.pack(1, nil, 3))
   t.ok(holes.n == 3 and holes[1] == 1 and holes[2] == nil and holes[3] == 3, tag .. "map input with a nil hole (.n)")
   local big = {}
