@@ -113,20 +113,18 @@ static int lock_release(lua_State *L) { return release_lock(L, checklock(L)); }
 /* The bound versions (see mt_bind_fast_methods): upvalue 1 is the
 ** state, upvalue 2 the instance; called on another self they do what
 ** the class's method does. */
-static int lock_acquire_bound(lua_State *L) {
-  if (!MT_IS_BOUND_SELF(L)) return lock_acquire(L);
-  return acquire_lock(L, (mt_lock *)MT_BOUND_STATE(L));
-}
-static int lock_enter_bound(lua_State *L) {
-  if (!MT_IS_BOUND_SELF(L)) return lock_enter(L);
-  return enter_lock(L, (mt_lock *)MT_BOUND_STATE(L));
-}
+#define BOUND_METHOD(name, generic, fn, type) \
+  static int name(lua_State *L) { \
+    if (!MT_IS_BOUND_SELF(L)) return generic(L); \
+    return fn(L, (type *)MT_BOUND_STATE(L)); \
+  }
+
+BOUND_METHOD(lock_acquire_bound, lock_acquire, acquire_lock, mt_lock)
+BOUND_METHOD(lock_enter_bound, lock_enter, enter_lock, mt_lock)
+BOUND_METHOD(lock_release_bound, lock_release, release_lock, mt_lock)
+
 static int lock_enter_state(lua_State *L, void *state) {   /* for with() */
   return enter_lock(L, (mt_lock *)state);
-}
-static int lock_release_bound(lua_State *L) {
-  if (!MT_IS_BOUND_SELF(L)) return lock_release(L);
-  return release_lock(L, (mt_lock *)MT_BOUND_STATE(L));
 }
 
 static int lock_locked(lua_State *L) {
@@ -229,20 +227,12 @@ static int rlock_acquire(lua_State *L) { return acquire_rlock(L, checkrlock(L));
 static int rlock_enter(lua_State *L) { return enter_rlock(L, checkrlock(L)); }
 static int rlock_release(lua_State *L) { return release_rlock(L, checkrlock(L)); }
 
-static int rlock_acquire_bound(lua_State *L) {
-  if (!MT_IS_BOUND_SELF(L)) return rlock_acquire(L);
-  return acquire_rlock(L, (mt_rlock *)MT_BOUND_STATE(L));
-}
-static int rlock_enter_bound(lua_State *L) {
-  if (!MT_IS_BOUND_SELF(L)) return rlock_enter(L);
-  return enter_rlock(L, (mt_rlock *)MT_BOUND_STATE(L));
-}
-static int rlock_enter_state(lua_State *L, void *state) {
+BOUND_METHOD(rlock_acquire_bound, rlock_acquire, acquire_rlock, mt_rlock)
+BOUND_METHOD(rlock_enter_bound, rlock_enter, enter_rlock, mt_rlock)
+BOUND_METHOD(rlock_release_bound, rlock_release, release_rlock, mt_rlock)
+
+static int rlock_enter_state(lua_State *L, void *state) {   /* for with() */
   return enter_rlock(L, (mt_rlock *)state);
-}
-static int rlock_release_bound(lua_State *L) {
-  if (!MT_IS_BOUND_SELF(L)) return rlock_release(L);
-  return release_rlock(L, (mt_rlock *)MT_BOUND_STATE(L));
 }
 
 static int rlock_is_owned(lua_State *L) {
