@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -179,20 +180,24 @@ static const char *const q_classnames[Q_NKINDS] = {
 /* The shared part.  Fields are changed under 'mutex'; those read
 ** without it (qsize, spinning) are read and written atomically. */
 typedef struct q_shared {
-  uint64_t magic, token;       /* token: checked when another process maps it */
+  /* what every put and get writes, packed into two cache lines: a
+  ** hand-off between processes on two CPUs moves each line it touches */
   pthread_mutex_t mutex;
   uint64_t head, tail;         /* bytes read / written since creation */
-  uint64_t capacity;
-  int64_t maxsize;             /* items; <= 0: unbounded */
   int64_t items;               /* put, not yet claimed by a get */
   int64_t complete;            /* whole messages in the ring */
+  _Atomic uint32_t not_empty, not_full, all_done;   /* futex sequences */
+  _Atomic uint32_t getters, putters, joiners;       /* sleepers on them */
   int64_t unfinished;          /* JoinableQueue: puts not task_done'd */
   int32_t wstream, rstream;    /* pids streaming a big message in / out */
   int32_t stream_aborted;      /* the claimed stream's writer gave up */
   int32_t stream_orphaned;     /* the stream's reader gave up */
+  /* read-only after creation, on a line of their own */
+  uint64_t magic __attribute__((aligned(64)));
+  uint64_t token;              /* checked when another process maps it */
+  uint64_t capacity;
+  int64_t maxsize;             /* items; <= 0: unbounded */
   uint64_t stream_start, stream_end;
-  _Atomic uint32_t not_empty, not_full, all_done;   /* futex sequences */
-  _Atomic uint32_t getters, putters, joiners;       /* sleepers on them */
 } q_shared;
 
 typedef struct q_handle {
@@ -288,7 +293,11 @@ static void q_lock(lua_State *L, q_shared *sh) {
 /* Sleeps (mutex held on entry and on return) until *seq moves, a slice
 ** passes or the deadline does.  The first call of a wait only spins a
 ** little, watching *watch, without the mutex: a producer and consumer
-** on two cores then hand items over without any system call. */
+** then hand items over without a futex.  The spin yields the CPU at each
+** look: when both processes share one CPU, a plain spin burnt the time
+** slice the peer needed (100,000 integers: 0.3 s; yielding: 0.03 s), and
+** on two CPUs fewer looks at the peer's cache lines let it fill the ring
+** in batches. */
 static int q_sleep(lua_State *L, q_shared *sh, _Atomic uint32_t *seq,
                    _Atomic uint32_t *sleepers, uint64_t *watch,
                    double deadline, int *spun) {
@@ -299,11 +308,11 @@ static int q_sleep(lua_State *L, q_shared *sh, _Atomic uint32_t *seq,
     shm_mutex_unlock(&sh->mutex);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; LOAD(*watch) == old; i++) {
-      if ((i & 63) == 63) {
+      if ((i & 7) == 7) {
         clock_gettime(CLOCK_MONOTONIC, &t);
         if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > Q_SPIN_NS) break;
       }
-      cpu_relax();
+      sched_yield();   /* the peer may be waiting for this very CPU */
     }
     q_lock(L, sh);
     return MT_WOKEN;
