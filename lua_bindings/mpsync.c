@@ -1144,41 +1144,12 @@ static ms_handle *box_check(lua_State *L) {
   return hd;
 }
 
-/* A box's address range is reserved for MS_BOXMAX bytes (PROT_NONE:
-** no memory), and the file is mapped at its start only as far as it
-** goes; growing maps the new part in place.  So the mapping never
-** moves: its mutex must keep its address while held (glibc's robust
-** list points at it).  Nothing past the file's end is readable: a
-** read there faults (SIGBUS), and whatever reads all of a process's
-** memory would crawl through it -- valgrind's leak check at exit
-** faulted once per word on 256 MiB per box.  'mapped' bytes of the
-** file are mapped at seg->base now; seg->size becomes the reservation. */
-static int box_reserve(shm_segment *seg, size_t mapped) {
-  void *r = mmap(NULL, MS_BOXMAX, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (r == MAP_FAILED) return errno;
-  if (mmap(r, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, seg->fd, 0) == MAP_FAILED) {
-    int e = errno;
-    munmap(r, MS_BOXMAX);
-    return e;
-  }
-  munmap(seg->base, seg->size);
-  seg->base = r;
-  seg->size = MS_BOXMAX;
-  return 0;
-}
-
-/* Maps the part of the file that another process (or this one) grew
-** since this handle last looked; called with the box's mutex held,
-** which keeps 'capacity' still.  The mutex's page is not touched. */
+/* A box's file is mapped inside a reservation of MS_BOXMAX bytes
+** (shm_segment_reserve): it grows in place and its mutex never moves.
+** Called with the box's mutex held, which keeps 'capacity' still. */
 static int box_cover(ms_handle *hd) {
-  size_t need = page_round(MS_BOXDATA + (size_t)box_of(hd)->capacity);
-  if (need <= hd->boxmapped) return 0;
-  char *at = (char *)hd->seg.base + hd->boxmapped;
-  if (mmap(at, need - hd->boxmapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
-           hd->seg.fd, (off_t)hd->boxmapped) == MAP_FAILED)
-    return errno;
-  hd->boxmapped = need;
-  return 0;
+  return shm_segment_cover(&hd->seg, &hd->boxmapped,
+                           page_round(MS_BOXDATA + (size_t)box_of(hd)->capacity));
 }
 
 static void box_cover_or_raise(lua_State *L, ms_handle *hd) {
@@ -1258,7 +1229,7 @@ static int box_close(lua_State *L) {
 static int box_init(lua_State *L) {
   ms_handle *hd = ms_create(L, 1, MS_BOX, 4096, "Manager");
   size_t mapped = hd->seg.size;
-  int e = box_reserve(&hd->seg, mapped);
+  int e = shm_segment_reserve(&hd->seg, MS_BOXMAX, mapped);
   if (e != 0) return mt_raise(L, "OSError", "[Errno %d] Manager: %s", e, strerror(e));
   hd->h = (ms_head *)hd->seg.base;
   hd->boxmapped = mapped;
@@ -1310,7 +1281,7 @@ static int ms_rebuild(lua_State *L) {
     return mt_raise(L, "ValueError", "rebuild(): process %d no longer holds that object", (int)pid);
   }
   size_t mapped = page_round(seg.size);
-  if (kind == MS_BOX && (e = box_reserve(&seg, mapped)) != 0) {
+  if (kind == MS_BOX && (e = shm_segment_reserve(&seg, MS_BOXMAX, mapped)) != 0) {
     shm_segment_close(&seg);
     return mt_raise(L, "OSError", "[Errno %d] rebuild(): %s", e, strerror(e));
   }

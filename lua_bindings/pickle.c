@@ -849,29 +849,42 @@ static void enc_value(pk_enc *e, int idx, int direct) {
   }
 }
 
-/* A scalar needs neither buffer nor memo: the queue's fast path.  A
-** string is its head and bytes joined by lua_concat, which copies both
-** once into the new string. */
-static int dumps_scalar(lua_State *L, int idx) {
-  unsigned char tmp[24];
+int pk_scalar_parts(lua_State *L, int idx, unsigned char head[PK_SCALAR_HEAD],
+                    const char **tail, size_t *taillen) {
   int n = 1;
-  tmp[0] = PK_MAGIC_DATA;
+  head[0] = PK_MAGIC_DATA;
+  *tail = NULL;
+  *taillen = 0;
   switch (lua_type(L, idx)) {
-    case LUA_TNIL: tmp[n++] = T_NIL; break;
-    case LUA_TBOOLEAN: tmp[n++] = lua_toboolean(L, idx) ? T_TRUE : T_FALSE; break;
+    case LUA_TNIL: head[n++] = T_NIL; break;
+    case LUA_TBOOLEAN: head[n++] = lua_toboolean(L, idx) ? T_TRUE : T_FALSE; break;
     case LUA_TNUMBER:
-      n += lua_isinteger(L, idx) ? put_int(tmp + 1, lua_tointeger(L, idx))
-                                 : put_float(tmp + 1, lua_tonumber(L, idx));
+      n += lua_isinteger(L, idx) ? put_int(head + 1, lua_tointeger(L, idx))
+                                 : put_float(head + 1, lua_tonumber(L, idx));
       break;
     case LUA_TSTRING:
-      n += put_strhead(tmp + 1, lua_rawlen(L, idx));
-      lua_pushlstring(L, (const char *)tmp, (size_t)n);
-      lua_pushvalue(L, idx);
-      lua_concat(L, 2);
-      return 1;
+      *tail = lua_tolstring(L, idx, taillen);
+      n += put_strhead(head + 1, *taillen);
+      break;
     default: return 0;
   }
-  lua_pushlstring(L, (const char *)tmp, (size_t)n);
+  return n;
+}
+
+/* A scalar needs neither buffer nor memo.  A string is its head and
+** bytes joined by lua_concat, which copies both once into the new
+** string. */
+static int dumps_scalar(lua_State *L, int idx) {
+  unsigned char head[PK_SCALAR_HEAD];
+  const char *tail;
+  size_t taillen;
+  int n = pk_scalar_parts(L, idx, head, &tail, &taillen);
+  if (n == 0) return 0;
+  lua_pushlstring(L, (const char *)head, (size_t)n);
+  if (tail != NULL) {
+    lua_pushvalue(L, idx);
+    lua_concat(L, 2);
+  }
   return 1;
 }
 

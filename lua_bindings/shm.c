@@ -8,8 +8,12 @@
 ** and a ring of bytes holding pickled messages, each a 4-byte length
 ** then the pickle.  put() pickles, takes the mutex, copies the message
 ** in and returns: the item is visible to get/qsize/empty at once (there
-** is no feeder thread as in CPython).  A message larger than the ring
-** is streamed: its writer owns the ring's tail ('wstream') and copies
+** is no feeder thread as in CPython).  Like CPython's, a put waits only
+** for maxsize, never for a reader: a full ring that nobody drains grows
+** (the memfd grows in place inside a 1 GiB address reservation, each
+** process maps the new part when it next takes the mutex) and shrinks
+** back once emptied.  A message larger than the biggest ring is
+** streamed: its writer owns the ring's tail ('wstream') and copies
 ** chunks as space appears; one reader claims it ('rstream') and copies
 ** chunks out.  A process that dies holding the mutex or in the middle
 ** of a stream is noticed (EOWNERDEAD, or a liveness check when a wait
@@ -74,6 +78,39 @@ int shm_segment_attach(shm_segment *seg, pid_t pid, int fd) {
   seg->base = p;
   seg->size = (size_t)st.st_size;
   seg->fd = myfd;
+  return 0;
+}
+
+/* The mapping is moved into a PROT_NONE reservation of 'reserve' bytes
+** (no memory), with the file mapped at its start only as far as
+** 'mapped' bytes; growing maps the new part in place (shm_segment_cover).
+** So the mapping never moves: a mutex in it must keep its address
+** while held (glibc's robust list points at it).  Nothing past the
+** file's end is readable: a read there faults (SIGBUS), and whatever
+** reads all of a process's memory would crawl through it -- valgrind's
+** leak check at exit faulted once per word on a 256 MiB reservation. */
+int shm_segment_reserve(shm_segment *seg, size_t reserve, size_t mapped) {
+  void *r = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) return errno;
+  if (mmap(r, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, seg->fd, 0) == MAP_FAILED) {
+    int e = errno;
+    munmap(r, reserve);
+    return e;
+  }
+  munmap(seg->base, seg->size);
+  seg->base = r;
+  seg->size = reserve;
+  return 0;
+}
+
+int shm_segment_cover(shm_segment *seg, size_t *mapped, size_t need) {
+  if (need <= *mapped) return 0;
+  if (need > seg->size) return ENOMEM;
+  char *at = (char *)seg->base + *mapped;
+  if (mmap(at, need - *mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+           seg->fd, (off_t)*mapped) == MAP_FAILED)
+    return errno;
+  *mapped = need;
   return 0;
 }
 
@@ -168,7 +205,10 @@ static inline void cpu_relax(void) {
 
 #define Q_MAGIC 0x4d5451756575653aULL
 #define Q_HDRSIZE 4096                /* the header's page; the ring follows */
-#define Q_RINGSIZE (256 * 1024)       /* a power of two */
+#define Q_RINGSIZE (256 * 1024)       /* the ring's first size, a power of two */
+#define Q_RINGMAX ((uint64_t)1 << 30) /* it grows up to this (the reservation) */
+#define Q_SHRINK_FROM (8u << 20)      /* an emptied ring this big shrinks back */
+#define Q_GROW_AFTER 0.002            /* a full ring nobody reads grows after this */
 #define Q_SLICE 0.05                  /* waits wake this often: Ctrl-C, dead peers */
 #define Q_SPIN_NS 30000               /* spin this long before sleeping */
 
@@ -192,17 +232,18 @@ typedef struct q_shared {
   int32_t wstream, rstream;    /* pids streaming a big message in / out */
   int32_t stream_aborted;      /* the claimed stream's writer gave up */
   int32_t stream_orphaned;     /* the stream's reader gave up */
-  /* read-only after creation, on a line of their own */
+  /* rarely written, on a line of their own */
   uint64_t magic __attribute__((aligned(64)));
   uint64_t token;              /* checked when another process maps it */
-  uint64_t capacity;
+  uint64_t capacity;           /* the ring's size now (it grows, shrinks) */
   int64_t maxsize;             /* items; <= 0: unbounded */
   uint64_t stream_start, stream_end;
 } q_shared;
 
 typedef struct q_handle {
   q_shared *sh;
-  shm_segment seg;
+  shm_segment seg;             /* reserved for Q_HDRSIZE + Q_RINGMAX */
+  size_t mapped;               /* bytes of the segment mapped in this process */
   int closed;                  /* close() was called in this process */
   char *buf;                   /* where messages are copied out */
   size_t bufsize;
@@ -286,8 +327,15 @@ static void q_repair(q_shared *sh) {
   }
 }
 
-static void q_lock(lua_State *L, q_shared *sh) {
+/* Takes the mutex, and maps what another process added to the ring. */
+static void q_lock(lua_State *L, q_handle *q) {
+  q_shared *sh = q->sh;
   if (shm_mutex_lock(L, &sh->mutex)) q_repair(sh);
+  int e = shm_segment_cover(&q->seg, &q->mapped, Q_HDRSIZE + (size_t)sh->capacity);
+  if (e != 0) {
+    shm_mutex_unlock(&sh->mutex);
+    mt_raise(L, "MemoryError", "Queue: cannot map its grown ring: %s", strerror(e));
+  }
 }
 
 /* Sleeps (mutex held on entry and on return) until *seq moves, a slice
@@ -298,9 +346,10 @@ static void q_lock(lua_State *L, q_shared *sh) {
 ** slice the peer needed (100,000 integers: 0.3 s; yielding: 0.03 s), and
 ** on two CPUs fewer looks at the peer's cache lines let it fill the ring
 ** in batches. */
-static int q_sleep(lua_State *L, q_shared *sh, _Atomic uint32_t *seq,
+static int q_sleep(lua_State *L, q_handle *q, _Atomic uint32_t *seq,
                    _Atomic uint32_t *sleepers, uint64_t *watch,
                    double deadline, int *spun) {
+  q_shared *sh = q->sh;
   if (!*spun && watch != NULL) {
     uint64_t old = LOAD(*watch);
     struct timespec t0, t;
@@ -314,7 +363,7 @@ static int q_sleep(lua_State *L, q_shared *sh, _Atomic uint32_t *seq,
       }
       sched_yield();   /* the peer may be waiting for this very CPU */
     }
-    q_lock(L, sh);
+    q_lock(L, q);
     return MT_WOKEN;
   }
   uint32_t v = atomic_load(seq);
@@ -330,7 +379,7 @@ static int q_sleep(lua_State *L, q_shared *sh, _Atomic uint32_t *seq,
   shm_futex_wait(seq, v, slice);
   mt_blocking_end(L);
   atomic_fetch_sub(sleepers, 1);
-  q_lock(L, sh);
+  q_lock(L, q);
   if (atomic_load(seq) == v) q_repair(sh);   /* a quiet slice: anyone dead? */
   mt_thread *self = mt_self(L);
   if (self != NULL && atomic_load(&self->interrupt)) return MT_INTERRUPTED;
@@ -367,18 +416,83 @@ static int q_can_put(q_shared *sh, uint64_t need) {
       && ring_free(sh) >= need;
 }
 
-static void q_wait_put(lua_State *L, q_shared *sh, uint64_t need, double deadline) {
-  int spun = 0;
+/* Nothing but the ring's free bytes stops a put (not maxsize, not a
+** stream being written). */
+static int q_short_of_room(q_shared *sh) {
+  return (sh->maxsize <= 0 || sh->items < sh->maxsize) && sh->wstream == 0;
+}
+
+/* Grows the ring so that 'need' more bytes fit: the file grows for
+** every process (each maps the new part when it next locks), and the
+** live bytes move to where the new size puts their positions.  Mutex
+** held.  Returns 0 when it cannot: at Q_RINGMAX, or out of memory. */
+static int q_grow(q_handle *q, uint64_t need) {
+  q_shared *sh = q->sh;
+  uint64_t used = sh->tail - sh->head, cap = sh->capacity;
+  while (cap - used < need) cap *= 2;
+  if (cap > Q_RINGMAX) return 0;
+  char *live = used > 0 ? malloc((size_t)used) : NULL;
+  if (used > 0 && live == NULL) return 0;
+  struct stat st;
+  int ok = fstat(q->seg.fd, &st) == 0
+        && ((uint64_t)st.st_size >= Q_HDRSIZE + cap
+            || ftruncate(q->seg.fd, (off_t)(Q_HDRSIZE + cap)) == 0)
+        && shm_segment_cover(&q->seg, &q->mapped, Q_HDRSIZE + (size_t)cap) == 0;
+  if (ok) {
+    ring_read(sh, sh->head, live, (size_t)used);
+    sh->capacity = cap;
+    ring_write(sh, sh->head, live, (size_t)used);
+  }
+  free(live);
+  return ok;
+}
+
+/* An emptied ring that grew big goes back to its first size, and its
+** pages go back to the system (the file keeps its length: other
+** processes may map it).  Mutex held. */
+static void q_shrink_if_empty(q_handle *q) {
+  q_shared *sh = q->sh;
+  if (sh->capacity < Q_SHRINK_FROM || sh->tail != sh->head
+      || sh->wstream != 0 || sh->rstream != 0) return;
+  fallocate(q->seg.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+            (off_t)(Q_HDRSIZE + Q_RINGSIZE), (off_t)(sh->capacity - Q_RINGSIZE));
+  sh->capacity = Q_RINGSIZE;
+}
+
+/* Waits (mutex held) until 'need' bytes can be put.  CPython's put
+** blocks only on maxsize (its feeder thread buffers without bound), so
+** a ring short of room waits only while readers drain it: when nobody
+** has taken anything for Q_GROW_AFTER -- or at once for put_nowait, or
+** when the put's timeout ends -- it grows instead.  Only a ring at
+** Q_RINGMAX makes a put wait for readers (or raise queue.Full). */
+static void q_wait_put(lua_State *L, q_handle *q, uint64_t need, double deadline) {
+  q_shared *sh = q->sh;
+  int spun = 0, growable = 1;
+  uint64_t seen = sh->head;
+  double since = -1;
   while (!q_can_put(sh, need)) {
+    double wake_at = deadline;
+    if (growable && q_short_of_room(sh)) {
+      double now = mt_monotonic();
+      if (since < 0 || sh->head != seen) { seen = sh->head; since = now; }
+      double grow_at = since + Q_GROW_AFTER;
+      if (deadline == -2 || now >= grow_at || (deadline >= 0 && now >= deadline)) {
+        if (q_grow(q, need)) continue;
+        growable = 0;
+      } else if (deadline < 0 || grow_at < deadline) {
+        wake_at = grow_at;
+      }
+    }
     if (deadline == -2) q_fail(L, sh, MT_TIMEDOUT, "queue.Full");
-    int r = q_sleep(L, sh, &sh->not_full, &sh->putters, &sh->head,
-                    deadline, &spun);
+    int r = q_sleep(L, q, &sh->not_full, &sh->putters, &sh->head, wake_at, &spun);
+    if (r == MT_TIMEDOUT && wake_at != deadline) continue;   /* time to grow */
     if (r != MT_WOKEN && !q_can_put(sh, need)) q_fail(L, sh, r, "queue.Full");
   }
 }
 
-/* A message bigger than the ring: mutex held, put reserved. */
-static void q_put_stream(lua_State *L, q_shared *sh, const char *s, size_t n) {
+/* A message bigger than the biggest ring: mutex held, put reserved. */
+static void q_put_stream(lua_State *L, q_handle *q, const char *s, size_t n) {
+  q_shared *sh = q->sh;
   pid_t me = getpid();
   uint32_t len = (uint32_t)n;
   size_t done = 0;
@@ -401,38 +515,65 @@ static void q_put_stream(lua_State *L, q_shared *sh, const char *s, size_t n) {
     done += k;
     if (done == n) break;
     /* committed: Ctrl-C is kept pending until the message is through */
-    q_sleep(L, sh, &sh->not_full, &sh->putters, NULL, -1, &spun);
+    q_sleep(L, q, &sh->not_full, &sh->putters, NULL, -1, &spun);
   }
   sh->wstream = 0;
   sh->stream_orphaned = 0;
   wake_everyone(sh);
 }
 
+/* Puts one message, given as two pieces (a head and a tail that may be
+** empty), into the ring: the item is visible to others on return. */
+static void q_put_message(lua_State *L, q_handle *q, const char *head, size_t hn,
+                          const char *tail, size_t tn, double deadline) {
+  q_shared *sh = q->sh;
+  uint32_t len = (uint32_t)(hn + tn);
+  uint64_t need = 4 + (uint64_t)len;
+  q_lock(L, q);
+  q_wait_put(L, q, need, deadline);
+  STORE(sh->items, sh->items + 1);
+  sh->unfinished++;
+  ring_write(sh, sh->tail, (const char *)&len, 4);
+  ring_write(sh, sh->tail + 4, head, hn);
+  if (tn > 0) ring_write(sh, sh->tail + 4 + hn, tail, tn);
+  STORE(sh->tail, sh->tail + need);
+  sh->complete++;
+  wake(&sh->not_empty, &sh->getters, 1);
+  shm_mutex_unlock(&sh->mutex);
+}
+
+/* A scalar's pickle goes straight into the ring in its two parts: a
+** string is copied once, not first into a pickle string. */
+static int q_put_scalar(lua_State *L, q_handle *q, int itemidx, double deadline) {
+  unsigned char head[PK_SCALAR_HEAD];
+  const char *tail;
+  size_t taillen;
+  int hn = pk_scalar_parts(L, itemidx, head, &tail, &taillen);
+  if (hn == 0 || 4 + hn + (uint64_t)taillen > Q_RINGMAX) return 0;
+  q_put_message(L, q, (const char *)head, (size_t)hn, tail, taillen, deadline);
+  return 1;
+}
+
 static int q_put_impl(lua_State *L, q_handle *q, int itemidx, double deadline) {
   q_shared *sh = q->sh;
   size_t n;
   q_check_open(L, q);
-  pk_dumps(L, itemidx);   /* raises before anything is touched */
-  const char *s = lua_tolstring(L, -1, &n);
-  if (n > 0x7fffffffu) return mt_raise(L, "ValueError", "put(): message too large");
-  uint32_t len = (uint32_t)n;
-  uint64_t need = 4 + (uint64_t)n;
-  int stream = need > sh->capacity;
-  q_lock(L, sh);
-  q_wait_put(L, sh, stream ? 4 : need, deadline);
-  STORE(sh->items, sh->items + 1);
-  sh->unfinished++;
-  if (stream) {
-    q_put_stream(L, sh, s, n);
-  } else {
-    ring_write(sh, sh->tail, (const char *)&len, 4);
-    ring_write(sh, sh->tail + 4, s, n);
-    STORE(sh->tail, sh->tail + need);
-    sh->complete++;
-    wake(&sh->not_empty, &sh->getters, 1);
+  if (!q_put_scalar(L, q, itemidx, deadline)) {
+    pk_dumps(L, itemidx);   /* raises before anything is touched */
+    const char *s = lua_tolstring(L, -1, &n);
+    if (n > 0x7fffffffu) return mt_raise(L, "ValueError", "put(): message too large");
+    if (4 + (uint64_t)n <= Q_RINGMAX) {
+      q_put_message(L, q, s, n, NULL, 0, deadline);
+    } else {
+      q_lock(L, q);
+      q_wait_put(L, q, 4, deadline);
+      STORE(sh->items, sh->items + 1);
+      sh->unfinished++;
+      q_put_stream(L, q, s, n);
+      shm_mutex_unlock(&sh->mutex);
+    }
+    lua_pop(L, 1);
   }
-  shm_mutex_unlock(&sh->mutex);
-  lua_pop(L, 1);
   mt_check_interrupt(L);
   return 0;
 }
@@ -500,7 +641,7 @@ static int64_t q_take_stream(lua_State *L, q_handle *q) {
       wake(&sh->not_full, &sh->putters, INT_MAX);
     }
     if (done == len || sh->stream_aborted) break;
-    q_sleep(L, sh, &sh->not_empty, &sh->getters, NULL, -1, &spun);
+    q_sleep(L, q, &sh->not_empty, &sh->getters, NULL, -1, &spun);
   }
   int aborted = sh->stream_aborted;
   sh->rstream = 0;
@@ -520,7 +661,7 @@ static int q_get_impl(lua_State *L, q_handle *q, double deadline) {
   int64_t len;
   int spun = 0;
   q_check_open(L, q);
-  q_lock(L, sh);
+  q_lock(L, q);
   for (;;) {
     if (sh->complete > 0 && sh->rstream == 0) { len = q_take_message(q); break; }
     if (q_can_stream(sh)) {
@@ -529,10 +670,11 @@ static int q_get_impl(lua_State *L, q_handle *q, double deadline) {
       continue;   /* its writer died: wait for the next one */
     }
     if (deadline == -2) q_fail(L, sh, MT_TIMEDOUT, "queue.Empty");
-    int r = q_sleep(L, sh, &sh->not_empty, &sh->getters, &sh->tail, deadline, &spun);
+    int r = q_sleep(L, q, &sh->not_empty, &sh->getters, &sh->tail, deadline, &spun);
     if (r != MT_WOKEN && !(sh->complete > 0 && sh->rstream == 0) && !q_can_stream(sh))
       q_fail(L, sh, r, "queue.Empty");
   }
+  q_shrink_if_empty(q);
   shm_mutex_unlock(&sh->mutex);
   if (len < 0) return mt_raise(L, "MemoryError", "get(): no memory for a message");
   pk_loads(L, q->buf, (size_t)len);
@@ -589,7 +731,7 @@ static int q_cancel_join_thread(lua_State *L) {
 static int q_task_done(lua_State *L) {
   q_handle *q = q_check(L);
   q_shared *sh = q->sh;
-  q_lock(L, sh);
+  q_lock(L, q);
   if (sh->unfinished <= 0) {
     shm_mutex_unlock(&sh->mutex);
     return mt_raise(L, "ValueError", "task_done() called too many times");
@@ -603,9 +745,9 @@ static int q_join(lua_State *L) {
   q_handle *q = q_check(L);
   q_shared *sh = q->sh;
   int spun = 1;
-  q_lock(L, sh);
+  q_lock(L, q);
   while (sh->unfinished > 0) {
-    int r = q_sleep(L, sh, &sh->all_done, &sh->joiners, NULL, -1, &spun);
+    int r = q_sleep(L, q, &sh->all_done, &sh->joiners, NULL, -1, &spun);
     if (r == MT_INTERRUPTED) q_fail(L, sh, r, "RuntimeError");
   }
   shm_mutex_unlock(&sh->mutex);
@@ -656,6 +798,11 @@ static int q_init(lua_State *L) {
   }
   memset(&h, 0, sizeof h);
   int e = shm_segment_create(&h.seg, Q_HDRSIZE + Q_RINGSIZE, "mtlua-queue");
+  if (e == 0) {
+    h.mapped = h.seg.size;
+    e = shm_segment_reserve(&h.seg, Q_HDRSIZE + Q_RINGMAX, h.mapped);
+    if (e != 0) shm_segment_close(&h.seg);
+  }
   if (e != 0) return mt_raise(L, "OSError", "[Errno %d] Queue(): %s", e, strerror(e));
   q_shared *sh = h.sh = (q_shared *)h.seg.base;
   sh->token = q_new_token();
@@ -706,9 +853,14 @@ static int q_rebuild(lua_State *L) {
   if (e != 0)
     return mt_raise(L, "OSError", "[Errno %d] cannot open the queue of process %d: %s "
                     "(the sending process must be alive)", e, (int)pid, strerror(e));
+  h.mapped = h.seg.size;
+  if (h.mapped < Q_HDRSIZE + Q_RINGSIZE || h.mapped > Q_HDRSIZE + Q_RINGMAX
+      || h.mapped % 4096 != 0)
+    e = EINVAL;
+  else
+    e = shm_segment_reserve(&h.seg, Q_HDRSIZE + Q_RINGMAX, h.mapped);
   h.sh = (q_shared *)h.seg.base;
-  if (h.seg.size < Q_HDRSIZE + 64 || h.sh->magic != Q_MAGIC || h.sh->token != token
-      || h.seg.size != Q_HDRSIZE + h.sh->capacity) {
+  if (e != 0 || h.sh->magic != Q_MAGIC || h.sh->token != token) {
     shm_segment_close(&h.seg);
     return mt_raise(L, "ValueError", "rebuild_queue(): process %d no longer holds that queue", (int)pid);
   }

@@ -38,6 +38,15 @@ typedef struct shm_segment {
 int shm_segment_create(shm_segment *seg, size_t size, const char *tag);
 /* Maps the segment that process 'pid' holds as its fd 'fd'; 0 or an errno. */
 int shm_segment_attach(shm_segment *seg, pid_t pid, int fd);
+/* Moves seg's mapping into an address range reserved for 'reserve'
+** bytes, the file mapped at its start for 'mapped' bytes (a multiple
+** of the page size); seg->size becomes 'reserve'.  The mapping then
+** never moves while the file grows (ftruncate on seg->fd, by any
+** process): shm_segment_cover maps the file up to 'need' bytes in
+** place, '*mapped' saying how far it is mapped in this process.
+** Both return 0 or an errno. */
+int shm_segment_reserve(shm_segment *seg, size_t reserve, size_t mapped);
+int shm_segment_cover(shm_segment *seg, size_t *mapped, size_t need);
 void shm_segment_close(shm_segment *seg);
 
 /* A robust process-shared mutex at 'm' (in a segment). */

@@ -4,6 +4,7 @@ local t = require "tests.tap"
 local mp = require "multiprocessing"
 local queue = require "queue"
 local time = require "time"
+local pickle = require "pickle"
 
 ------------------------------------------------------------ Process
 
@@ -335,6 +336,120 @@ do
   p2:start()
   t.is(r1:recv(), big, "3 MiB through a pipe")
   p2:join(10)
+end
+
+-- Scalars cross a queue without a pickle string of their own (the
+-- queue writes head and bytes straight into shared memory): every kind
+-- and size boundary, there and back through a child.
+do
+  local mp = require "multiprocessing"
+  local values = {
+    {"nil", nil}, {"true", true}, {"false", false}, {"0", 0}, {"-1", -1},
+    {"mininteger", math.mininteger}, {"maxinteger", math.maxinteger},
+    {"float", 0.1}, {"-0.0", -0.0}, {"inf", math.huge}, {"-inf", -math.huge},
+    {"1.0", 1.0}, {"empty string", ""}, {"31 bytes", string.rep("a", 31)},
+    {"32 bytes", string.rep("b", 32)}, {"binary", "\0\1\255\0"},
+    {"64 KiB", string.rep("c", 65536)}, {"127 KiB", string.rep("d", 130000)},
+    {"129 KiB (streamed)", string.rep("e", 132000)}, {"1 MiB (streamed)", string.rep("f", 1 << 20)},
+  }
+  local there, back = mp.Queue(), mp.Queue()
+  local p = mp.Process{target = function()
+    for _ = 1, #values + 1 do back:put(there:get(true, 10)) end
+  end}
+  p:start()
+  for _, v in ipairs(values) do there:put(v[2]) end
+  there:put(0 / 0)
+  for _, v in ipairs(values) do
+    local got = back:get(true, 10)
+    local same = got == v[2] and math.type(got) == math.type(v[2])
+    if v[1] == "-0.0" then same = same and 1 / got == -math.huge end
+    t.ok(same, "queue round trip: " .. v[1])
+  end
+  local nan = back:get(true, 10)
+  t.ok(nan ~= nan, "queue round trip: nan")
+  p:join(10)
+  t.is(p.exitcode, 0, "the echoing child ended well")
+end
+
+-- A put never waits for a reader unless maxsize says so (CPython's
+-- feeder thread buffers without bound): a ring nobody drains grows.
+do
+  local q = mp.Queue()
+  q:put(string.rep("x", 1 << 20))
+  t.is(#q:get(true, 5), 1 << 20, "1 MiB put then got in one process")
+  for i = 1, 3000 do q:put_nowait(string.rep(string.char(65 + i % 26), 1000) .. i) end
+  t.is(q:qsize(), 3000, "3000 KiB put_nowait with no reader: no queue.Full")
+  local inorder = true
+  for i = 1, 3000 do
+    local v = q:get_nowait()
+    if v ~= string.rep(string.char(65 + i % 26), 1000) .. i then inorder = false end
+  end
+  t.ok(inorder, "the backlog comes out whole and in order")
+  t.ok(q:empty(), "and the queue is empty")
+end
+
+do   -- a child fills a queue and ends before anybody reads it
+  local q = mp.Queue()
+  local p = mp.Process{target = function()
+    for i = 1, 2000 do q:put({i, string.rep("z", 1000)}) end
+  end}
+  p:start()
+  p:join(10)
+  t.is(p.exitcode, 0, "the child ended without waiting for a reader")
+  local n, ok = 0, true
+  while not q:empty() do
+    n = n + 1
+    local v = q:get_nowait()
+    if v[1] ~= n or #v[2] ~= 1000 then ok = false end
+  end
+  t.is(n, 2000, "all 2000 items outlived their writer")
+  t.ok(ok, "in order")
+end
+
+do   -- grown by one process, read by another that still maps the old size
+  local q, done = mp.Queue(), mp.Queue()
+  local p = mp.Process{target = function()
+    local sum = 0
+    for _ = 1, 40 do sum = sum + #q:get(true, 10) end
+    done:put(sum)
+    for i = 1, 3 do done:put(string.rep("w", 300000 * i)) end   -- grows 'done' here
+  end}
+  p:start()
+  local big = 0
+  for i = 1, 40 do local s = string.rep("y", 100000 + i) q:put(s) big = big + #s end
+  t.is(done:get(true, 10), big, "a child reads a ring its parent grew (40 x 100 KB)")
+  local lens = {}
+  for i = 1, 3 do lens[i] = #done:get(true, 10) end
+  t.is(table.concat(lens, " "), "300000 600000 900000", "a parent reads a ring its child grew")
+  p:join(10)
+  local copy = pickle.loads(pickle.dumps(q))   -- maps the grown file afresh
+  copy:put("through the copy")
+  t.is(q:get(true, 5), "through the copy", "a queue rebuilt after it grew")
+end
+
+do   -- a big backlog drained shrinks the ring; the queue goes on working
+  local q = mp.Queue()
+  local p = mp.Process{target = function()
+    for i = 1, 5 do q:put(string.rep("s", 4 << 20) .. i) end
+  end}
+  p:start()
+  p:join(10)
+  for i = 1, 5 do t.is(q:get(true, 5):sub(-1), tostring(i), "20 MiB backlog, item " .. i) end
+  local p2 = mp.Process{target = function() q:put("after the shrink") end}
+  p2:start()
+  t.is(q:get(true, 5), "after the shrink", "put by a process that mapped the big ring")
+  p2:join(10)
+  q:put(string.rep("a", 300000))
+  t.is(#q:get(true, 5), 300000, "and it grows again")
+end
+
+do   -- maxsize counts items, not bytes
+  local q = mp.Queue(2)
+  q:put(string.rep("m", 200000))
+  q:put_nowait(string.rep("n", 200000))
+  t.raises(function() q:put_nowait("third") end, queue.Full, nil, "maxsize 2: the third put_nowait is queue.Full")
+  t.raises(function() q:put("third", true, 0.05) end, queue.Full, nil, "and a put with a timeout too")
+  t.is(#q:get() + #q:get(), 400000, "two 200 KB items in a 256 KiB ring")
 end
 
 t.done()
