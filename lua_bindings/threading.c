@@ -29,7 +29,10 @@ static const char LOCK_KEY = 'L';
 
 /* the hot path of every Lock method: inlined lookup of the C part */
 static mt_lock *checklock(lua_State *L) {
-  if (lua_type(L, 1) == LUA_TTABLE && lua_rawgetp(L, 1, &LOCK_KEY) == LUA_TUSERDATA) {
+  if (lua_type(L, 1) != LUA_TTABLE) return (mt_lock *)mt_checkobject(L, 1, &LOCK_KEY, "Lock");
+  mt_lock *last = (mt_lock *)mt_with_last_state(L, 1, &LOCK_KEY);
+  if (last != NULL) return last;
+  if (lua_rawgetp(L, 1, &LOCK_KEY) == LUA_TUSERDATA) {
     mt_lock *lk = (mt_lock *)lua_touserdata(L, -1);
     lua_settop(L, -2);
     return lk;
@@ -124,7 +127,10 @@ BOUND_METHOD(lock_enter_bound, lock_enter, enter_lock, mt_lock)
 BOUND_METHOD(lock_release_bound, lock_release, release_lock, mt_lock)
 
 static int lock_enter_state(lua_State *L, void *state) {   /* for with() */
-  return enter_lock(L, (mt_lock *)state);
+  mt_lock *lk = (mt_lock *)state;
+  if (lk->locked) wait_unlocked(L, &lk->locked, &lk->waiters, -1);
+  else lk->locked = 1;
+  return 0;
 }
 
 static int lock_locked(lua_State *L) {
@@ -232,7 +238,8 @@ BOUND_METHOD(rlock_enter_bound, rlock_enter, enter_rlock, mt_rlock)
 BOUND_METHOD(rlock_release_bound, rlock_release, release_rlock, mt_rlock)
 
 static int rlock_enter_state(lua_State *L, void *state) {   /* for with() */
-  return enter_rlock(L, (mt_rlock *)state);
+  rlock_take(L, (mt_rlock *)state, -1, 1);
+  return 0;
 }
 
 static int rlock_is_owned(lua_State *L) {
@@ -660,8 +667,8 @@ int luaopen_mt_threading(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, th_funcs);
-  mt_register_fast_enter(lock_enter_bound, lock_enter_state);
-  mt_register_fast_enter(rlock_enter_bound, rlock_enter_state);
+  mt_register_fast_enter(lock_enter_bound, lock_enter_state, &LOCK_KEY);
+  mt_register_fast_enter(rlock_enter_bound, rlock_enter_state, &RLOCK_KEY);
   mt_newclass(L, "Lock", lock_methods);
   lua_setfield(L, -2, "Lock");
   mt_newclass(L, "RLock", rlock_methods);

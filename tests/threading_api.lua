@@ -259,4 +259,59 @@ for _, name in ipairs{"Lock", "RLock"} do
   t.ok(not c:locked(), name .. ": and the subclass's lock works")
 end
 
+-- with() remembers the object it last entered (its state, for the next
+-- with() and for its __close): re-initialising it, overriding its
+-- __enter__, other threads and abandoned coroutines must not fool it.
+for _, name in ipairs{"Lock", "RLock"} do
+  local Cls = threading[name]
+  local a = Cls()
+  do local _ <close> = with(a) end
+  a:acquire()
+  a:__init__()   -- a fresh C part: the remembered one is stale
+  t.ok(not a:locked(), name .. ": re-__init__ gives an unlocked lock")
+  do local _ <close> = with(a); t.ok(a:locked(), name .. ": with() takes the new state") end
+  t.ok(not a:locked(), name .. ": and its __close releases the new state")
+  local calls = 0
+  a.__enter__ = function(self) calls = calls + 1; return Cls.__enter__(self) end
+  do local _ <close> = with(a) end
+  t.is(calls, 1, name .. ": an __enter__ set on the instance after a with() is called")
+  a.__enter__ = nil
+  local b = Cls()
+  do
+    local _ <close> = with(a)
+    local _2 <close> = with(b)
+    t.ok(a:locked() and b:locked(), name .. ": nested with() holds both")
+  end
+  t.ok(not a:locked() and not b:locked(), name .. ": nested with() releases both")
+  local other = threading.Thread{target = function()
+    local _ <close> = with(b)
+  end}
+  do
+    local _ <close> = with(a)
+    other:start()
+    other:join(5)
+  end
+  t.ok(not a:locked() and not b:locked(), name .. ": a with() in another thread between enter and close")
+end
+
+do   -- a coroutine abandoned inside with(): its lock goes, new ones work
+  local co = coroutine.create(function()
+    local lk = threading.Lock()
+    local _ <close> = with(lk)
+    coroutine.yield()
+  end)
+  coroutine.resume(co)
+  co = nil
+  for _ = 1, 3 do collectgarbage() end
+  local fresh = {}
+  for i = 1, 200 do fresh[i] = threading.Lock() end
+  local ok = true
+  for i = 1, 200 do
+    local _ <close> = with(fresh[i])
+    if not fresh[i]:locked() then ok = false end
+  end
+  for i = 1, 200 do if fresh[i]:locked() then ok = false end end
+  t.ok(ok, "200 new locks after an abandoned with(): each takes and gives back its own")
+end
+
 t.done()

@@ -222,6 +222,9 @@ double mt_opt_timeout(lua_State *L, int idx, int optidx, const char *field,
 
 void *mt_newobject(lua_State *L, int selfidx, const void *key, size_t size) {
   selfidx = lua_absindex(L, selfidx);
+  mt_universe *U = mt_universe_of(L);
+  if (U != NULL && U->with_last.inst == lua_topointer(L, selfidx))
+    U->with_last.inst = NULL;   /* a re-__init__: its state changes */
   void *p = lua_newuserdatauv(L, size, 0);
   memset(p, 0, size);
   lua_rawsetp(L, selfidx, key);
@@ -231,6 +234,7 @@ void *mt_newobject(lua_State *L, int selfidx, const void *key, size_t size) {
 void *mt_toobject(lua_State *L, int idx, const void *key) {
   void *p;
   if (lua_type(L, idx) != LUA_TTABLE) return NULL;
+  if ((p = mt_with_last_state(L, idx, key)) != NULL) return p;
   lua_rawgetp(L, idx, key);
   p = lua_touserdata(L, -1);
   lua_pop(L, 1);
@@ -251,7 +255,8 @@ void mt_bind_fast_methods(lua_State *L, int selfidx, const void *key, const mt_f
   int state = lua_gettop(L);
   for (; m->name != NULL; m++) {
     lua_getfield(L, selfidx, m->name);   /* what a call would find */
-    if (lua_tocfunction(L, -1) == m->generic) {
+    lua_CFunction f = lua_tocfunction(L, -1);
+    if (f == m->generic || f == m->bound) {   /* bound: a re-__init__ */
       lua_pushstring(L, m->name);
       lua_pushvalue(L, state);
       lua_pushvalue(L, selfidx);

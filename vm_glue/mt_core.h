@@ -29,6 +29,9 @@
 typedef struct mt_universe mt_universe;
 typedef struct mt_thread mt_thread;
 typedef struct mt_waiter mt_waiter;
+/* A C type's __enter__, run by with() on its state (prelude.c): the
+** object is at index 1; it must leave the stack as it found it. */
+typedef int (*mt_enter_fn)(lua_State *L, void *state);
 
 /* ---------------------------------------------------------------- GIL */
 
@@ -128,6 +131,17 @@ struct mt_universe {
   ** calling greenlet while it waited in mt_wait (greenlet_wait then
   ** returned MT_INTERRUPTED, so the binding cleaned up first). */
   void (*raise_pending)(lua_State *L);
+  /* The object with() last entered by a registered fast __enter__
+  ** (prelude.c): its instance table and that closure, both anchored
+  ** by with()'s upvalues so neither address can be reused while they
+  ** are here; the C type's key, its state and its enter function.
+  ** with() re-enters it without a lookup, and mt_toobject finds its
+  ** state (for its __close) without one.  GIL held. */
+  struct {
+    const void *inst, *enter, *key;
+    void *state;
+    mt_enter_fn fn;
+  } with_last;
 };
 
 /* prime, so that the hook does not always land on the same instruction
@@ -278,9 +292,9 @@ int mt_argtype_error(lua_State *L, int idx, const char *fname,
 /* The prelude's with(obj) (vm_glue/prelude.c). */
 void mt_push_with(lua_State *L);
 /* Lets with() run a C type's bound __enter__ (mt_fast_method 'bound')
-** as enter(L, state), obj at index 1, without a Lua call. */
-typedef int (*mt_enter_fn)(lua_State *L, void *state);
-void mt_register_fast_enter(lua_CFunction bound, mt_enter_fn enter);
+** as enter(L, state), obj at index 1, without a Lua call; 'key' is
+** the type's mt_newobject key. */
+void mt_register_fast_enter(lua_CFunction bound, mt_enter_fn enter, const void *key);
 
 /* ---------------------------------------------------------- modules */
 
@@ -298,6 +312,15 @@ void mt_report_error(lua_State *L, int idx);
 ** check). */
 void *mt_newobject(lua_State *L, int selfidx, const void *key, size_t size);
 void *mt_toobject(lua_State *L, int idx, const void *key);
+/* The state of the object at idx, a table, when it is the one with()
+** last entered (mt_universe.with_last) and of type 'key'; else NULL.
+** Its __close finds its state here without a table lookup. */
+static inline void *mt_with_last_state(lua_State *L, int idx, const void *key) {
+  mt_universe *U = *(mt_universe **)lua_getextraspace(L);
+  if (U != NULL && U->with_last.key == key && U->with_last.inst == lua_topointer(L, idx))
+    return U->with_last.state;
+  return NULL;
+}
 void *mt_checkobject(lua_State *L, int idx, const void *key, const char *tname);
 /* Bound fast methods.  `obj:m()` on an instance costs a miss in the
 ** instance, a hit in its class, then a lookup of the C state: for a lock
