@@ -57,7 +57,9 @@ static void tramp_main(gl_stack *S);
 #if defined(__x86_64__) && !defined(GL_UCONTEXT)
 /* co_swap(save, to): saves the callee-saved registers and the FPU
 ** control words on the current stack, stores the stack pointer in
-** *save, and continues on the stack 'to'. */
+** *save, and continues on the stack 'to'.  The control words are
+** loaded only when they differ from the ones in force: ldmxcsr and
+** fldcw stall the pipeline, and nearly always nothing changed them. */
 void co_swap(void **save, void *to) __attribute__((visibility("hidden")));
 void co_entry(void) __attribute__((visibility("hidden")));
 __asm__(
@@ -67,8 +69,11 @@ __asm__(
   "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
   "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
   "  movq %rsp, (%rdi)\n"
+  "  movq %rsp, %rax\n"
   "  movq %rsi, %rsp\n"
-  "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+  "  movl (%rax), %ecx\n  cmpl (%rsp), %ecx\n  je 1f\n  ldmxcsr (%rsp)\n"
+  "1:\n  movw 4(%rax), %cx\n  cmpw 4(%rsp), %cx\n  je 2f\n  fldcw 4(%rsp)\n"
+  "2:\n  addq $8, %rsp\n"
   "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
   "  ret\n"
   ".size co_swap, .-co_swap\n"
