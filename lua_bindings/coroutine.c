@@ -637,6 +637,7 @@ static void unanchor_pinned(gl_ts *ts, gl_gr *x) {
   lua_rawgeti(T, LUA_REGISTRYINDEX, ts->pins_ref);
   lua_rawgeti(T, -1, x->pin_ref);
   lua_replace(T, 1);
+  ts->ltr_busy = 1;
   lua_pushnil(T);
   lua_rawseti(T, -2, x->pin_ref);
   lua_pop(T, 1);
@@ -647,14 +648,16 @@ static void unanchor_pinned(gl_ts *ts, gl_gr *x) {
 /* Switches the trampoline to a pinned greenlet (or main): this
 ** trampoline parks itself as a spare, reused by the next pin. */
 static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
+  ts->held = NULL;   /* whoever anchored it is running again */
   ts->current = x;
   x->state = GL_RUNNING;
   x->seq++;
   if (x->pin_ref != LUA_NOREF) {
     unanchor_pinned(ts, x);
-  } else {   /* main: no coroutine to anchor; let the last one go */
+  } else if (ts->ltr_busy) {   /* main: let the last coroutine go */
     lua_pushnil(ts->Ltr);
     lua_replace(ts->Ltr, 1);
+    ts->ltr_busy = 0;
   }
   set_running(ts, x->sl);
   S->next = ts->spare;
@@ -668,10 +671,11 @@ static void resume_gr(gl_ts *ts, gl_gr *x) {
   ts->current = x;
   x->state = GL_RUNNING;
   x->seq++;
-  if (lua_tothread(ts->Ltr, 1) != co) {   /* anchor it while it runs */
+  if (co != ts->held && lua_tothread(ts->Ltr, 1) != co) {   /* anchor it while it runs */
     lua_pushthread(co);
     lua_xmove(co, ts->Ltr, 1);
     lua_replace(ts->Ltr, 1);
+    ts->ltr_busy = 1;
   }
   prepare_resume(ts, co);
   status = lua_resume(co, NULL, ts->nnext, &nres);
@@ -715,6 +719,8 @@ static void tramp_main(gl_stack *S) {
 static void pin(lua_State *L, gl_ts *ts) {
   gl_gr *cur = ts->current;
   gl_stack *S;
+  lua_State *held = ts->held;   /* valid only once the pin cannot fail */
+  ts->held = NULL;
   if (cur->kind == GL_PLAIN) anchor_pinned(L, ts, cur);   /* may raise: first */
   S = ts->spare;
   if (S != NULL) ts->spare = S->next;
@@ -725,6 +731,7 @@ static void pin(lua_State *L, gl_ts *ts) {
   cur->state = GL_PINNED;
   cur->sl = L;
   cur->stk = ts->stack;
+  ts->held = held;
   ctx_switch(ts, S, &cur->sp, S->sp);
   /* back: ts->current == cur, state RUNNING (enter_pinned) */
 }
@@ -746,7 +753,8 @@ int gl_suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFun
 static int switch_done(lua_State *L, int status, lua_KContext base) {
   (void)status;
   gl_ts *ts = tls_ts;
-  if (ts == NULL || ts->U != mt_universe_of(L)) ts = gl_ts_find(mt_universe_of(L));
+  mt_universe *U = *(mt_universe **)lua_getextraspace(L);
+  if (ts == NULL || ts->U != U) ts = gl_ts_find(U);
   gl_gr *cur = ts->current;
   set_running(ts, L);
   if (cur->kind == GL_MAIN && ts->thread != NULL
@@ -785,8 +793,22 @@ static int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
     return n;
   }
   int base = lua_gettop(L) - (throwing ? 1 : n);
-  gl_deliver(L, x, n, throwing);
+  if (n == 0 && !throwing && x->throw_ref == LUA_NOREF) ts->nnext = 0;   /* a bare switch */
+  else gl_deliver(L, x, n, throwing);
   ts->next = x;
+  if (x->co != NULL && (x->state == GL_NEW || x->state == GL_SUSPENDED)
+      && !lua_isyieldable(L) && lua_checkstack(x->co, 1)) {
+    /* L pins (main does): it stays reachable while it waits, so x's
+    ** coroutine pushed on it needs no anchor of the trampoline's while
+    ** x runs -- a main<->greenlet round trip then sets none and clears
+    ** none.  'held' lasts until something pinned runs again. */
+    lua_pushthread(x->co);
+    lua_xmove(x->co, L, 1);
+    ts->held = x->co;
+    gl_suspend(L, ts, 1, base + 1, switch_done);
+    return switch_done(L, LUA_OK, base + 1);
+  }
+  ts->held = NULL;
   gl_suspend(L, ts, 0, base, switch_done);
   return switch_done(L, LUA_OK, base);
 }

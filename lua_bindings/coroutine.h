@@ -49,6 +49,9 @@ struct gl_ts {
   mt_thread *thread;
   lua_State *Ltr;          /* the trampoline's Lua thread; slot 1 anchors
                               the running greenlet's coroutine */
+  int ltr_busy;            /* slot 1 holds a coroutine (not nil) */
+  lua_State *held;         /* a coroutine anchored on the stack of the
+                              pinned greenlet that switched to it */
   int Ltr_ref;
   gl_gr *main, *current, *next, *hubgr;
   int main_ref, hub_ref;   /* registry refs of their userdata */

@@ -183,4 +183,33 @@ do
   t.ok(rawget(greenlet(function() end), "switch") ~= nil and rawget(s, "switch") == nil,
        "only instances of greenlet itself carry switch")
 end
+-- A greenlet main switched to is kept alive by main's pending switch
+-- (not by the trampoline): collections while it runs, after the last
+-- reference to it went, and between greenlets main does not see.
+do
+  local fine = true
+  for i = 1, 100 do
+    local g = greenlet(function()
+      collectgarbage(); collectgarbage()
+      local junk = {}
+      for k = 1, 50 do junk[k] = {k} end
+      main:switch(i)
+      collectgarbage()
+    end)
+    if g:switch() ~= i then fine = false end
+    g = nil
+    collectgarbage(); collectgarbage()
+  end
+  t.ok(fine, "collections inside greenlets main switched to")
+  local a, b
+  a = greenlet(function()
+    for k = 1, 1000 do b:switch(); if k % 100 == 0 then collectgarbage() end end
+    main:switch("a done")
+  end)
+  b = greenlet(function() while true do a:switch() end end)
+  t.is(a:switch(), "a done", "two greenlets switching to each other, collecting")
+  a, b = nil, nil
+  collectgarbage(); collectgarbage()
+end
+
 t.done()
