@@ -452,4 +452,45 @@ do   -- maxsize counts items, not bytes
   t.is(#q:get() + #q:get(), 400000, "two 200 KB items in a 256 KiB ring")
 end
 
+do   -- stress: four writers, one slow reader, a ring growing under them
+  local q, results = mp.Queue(), mp.Queue()
+  local NP, NI = 4, 1000
+  local producers = {}
+  for p = 1, NP do
+    producers[p] = mp.Process{target = function()
+      math.randomseed(p * 7919)
+      for i = 1, NI do
+        local n = i % 250 == 0 and 300000 or math.random(0, 10000)
+        q:put({p, i, string.rep(string.char(65 + (p + i) % 26), n)})
+      end
+    end}
+    producers[p]:start()
+  end
+  local reader = mp.Process{target = function()
+    local seen = 0
+    while true do
+      local v = q:get(true, 20)
+      if v == nil then break end
+      if #v[3] > 0 and v[3]:sub(1, 1) ~= string.char(65 + (v[1] + v[2]) % 26) then error("corrupt item") end
+      seen = seen + 1
+      if seen % 500 == 0 then time.sleep(0.05) end   -- slow: the ring must grow
+      results:put(v[1] * 100000 + v[2])
+    end
+  end}
+  reader:start()
+  for p = 1, NP do producers[p]:join(60) end
+  q:put(nil)
+  local got, n, dup = {}, 0, false
+  for _ = 1, NP * NI do
+    local k = results:get(true, 30)
+    if got[k] then dup = true end
+    got[k] = true
+    n = n + 1
+  end
+  reader:join(30)
+  t.is(n, NP * NI, "4 writers x 1000 items of 0-300 KB, one slow reader: all arrive")
+  t.ok(not dup, "none twice")
+  t.is(reader.exitcode, 0, "and none damaged")
+end
+
 t.done()
