@@ -54,12 +54,21 @@ struct gl_stack {
 
 static void tramp_main(gl_stack *S);
 
+/* The functions a switch passes through (see co_swap). */
+#define SWITCH_PATH static inline __attribute__((always_inline))
+
 #if defined(__x86_64__) && !defined(GL_UCONTEXT)
 /* co_swap(save, to): saves the callee-saved registers and the FPU
 ** control words on the current stack, stores the stack pointer in
 ** *save, and continues on the stack 'to'.  The control words are
 ** loaded only when they differ from the ones in force: ldmxcsr and
-** fldcw stall the pipeline, and nearly always nothing changed them. */
+** fldcw stall the pipeline, and nearly always nothing changed them.
+** It leaves by an indirect jump, not 'ret': the return-stack predictor
+** holds the other stack's return addresses, so a 'ret' always missed,
+** while the jump's target is predicted from its history.  For the same
+** reason the functions between a switch and the code that goes on
+** after it (pin, suspend, do_switch, enter_pinned) are inlined: each
+** 'ret' left after a switch is a misprediction. */
 void co_swap(void **save, void *to) __attribute__((visibility("hidden")));
 void co_entry(void) __attribute__((visibility("hidden")));
 __asm__(
@@ -75,7 +84,7 @@ __asm__(
   "1:\n  movw 4(%rax), %cx\n  cmpw 4(%rsp), %cx\n  je 2f\n  fldcw 4(%rsp)\n"
   "2:\n  addq $8, %rsp\n"
   "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
-  "  ret\n"
+  "  popq %r8\n  jmp *%r8\n"
   ".size co_swap, .-co_swap\n"
   ".globl co_entry\n.hidden co_entry\n.type co_entry,@function\n"
   "co_entry:\n"
@@ -239,7 +248,7 @@ static gl_stack *san_thread_stack(gl_ts *ts) {
 /* Switches from the running stack to 'to' (resuming at 'to_sp'),
 ** saving the running context in *save.  Returns when something
 ** switches back. */
-static void ctx_switch(gl_ts *ts, gl_stack *to, void **save, void *to_sp) {
+SWITCH_PATH void ctx_switch(gl_ts *ts, gl_stack *to, void **save, void *to_sp) {
   gl_stack *from = ts->stack;
   ts->stack = to;
   ts->from = from;
@@ -647,7 +656,7 @@ static void unanchor_pinned(gl_ts *ts, gl_gr *x) {
 
 /* Switches the trampoline to a pinned greenlet (or main): this
 ** trampoline parks itself as a spare, reused by the next pin. */
-static void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
+SWITCH_PATH void enter_pinned(gl_ts *ts, gl_stack *S, gl_gr *x) {
   ts->held = NULL;   /* whoever anchored it is running again */
   ts->current = x;
   x->state = GL_RUNNING;
@@ -716,7 +725,7 @@ static void tramp_main(gl_stack *S) {
 
 /* Pins the current greenlet: the trampoline goes on elsewhere.  Returns
 ** when something switches back. */
-static void pin(lua_State *L, gl_ts *ts) {
+SWITCH_PATH void pin(lua_State *L, gl_ts *ts) {
   gl_gr *cur = ts->current;
   gl_stack *S;
   lua_State *held = ts->held;   /* valid only once the pin cannot fail */
@@ -736,7 +745,7 @@ static void pin(lua_State *L, gl_ts *ts) {
   /* back: ts->current == cur, state RUNNING (enter_pinned) */
 }
 
-int gl_suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFunction k) {
+SWITCH_PATH int suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFunction k) {
   if (!must_pin && lua_isyieldable(L)) {
     ts->current->state = GL_SUSPENDED;
     lua_pushlightuserdata(L, (void *)&GL_TAG);
@@ -744,6 +753,10 @@ int gl_suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFun
   }
   pin(L, ts);
   return 0;
+}
+
+int gl_suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFunction k) {
+  return suspend(L, ts, must_pin, ctx, k);
 }
 
 /* ----------------------------------------------------- switching */
@@ -773,7 +786,7 @@ static void check_switchable(lua_State *L, gl_ts *ts, gl_gr *x) {
 
 /* Moves n values (or, throwing, the exception) from L's top to x and
 ** switches to it; the base of the caller's own stack is 'base'. */
-static int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
+SWITCH_PATH int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
   gl_ts *ts = tls_ts;             /* x is of this thread: L's universe */
   if (x->ts != ts) {
     ts = gl_ts_get(L);
@@ -805,11 +818,11 @@ static int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
     lua_pushthread(x->co);
     lua_xmove(x->co, L, 1);
     ts->held = x->co;
-    gl_suspend(L, ts, 1, base + 1, switch_done);
+    suspend(L, ts, 1, base + 1, switch_done);
     return switch_done(L, LUA_OK, base + 1);
   }
   ts->held = NULL;
-  gl_suspend(L, ts, 0, base, switch_done);
+  suspend(L, ts, 0, base, switch_done);
   return switch_done(L, LUA_OK, base);
 }
 
