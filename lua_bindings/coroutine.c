@@ -4,8 +4,9 @@
 ** resume and wrap are replaced by versions that tell the runtime which
 ** coroutine runs (so Ctrl-C can stop it), give coroutines made before
 ** threading began the preemption hook, and pass greenlet switches
-** through: a switch made inside a plain coroutine yields a tagged value
-** that these wrappers forward up to the greenlet's trampoline, so a
+** through: a switch yields no values and leaves the current greenlet
+** marked GL_SUSPENDED (a plain yield leaves it running), and these
+** wrappers forward such a yield up to the greenlet's trampoline, so a
 ** plain coroutine.yield is never taken for a switch, nor a switch for a
 ** yield.  coroutine.yield refuses to yield a greenlet's own coroutine
 ** (there is nobody to yield to: use switch).
@@ -26,10 +27,6 @@
 #else
 #define close_thread(co, L) lua_resetthread(co)
 #endif
-
-/* The value a switching greenlet yields: its address is the tag. */
-static const char GL_TAG = 'T';
-#define is_tag(co, idx) (lua_touserdata(co, idx) == (void *)&GL_TAG)
 
 static const char GR_KEY = 'G';            /* instance -> userdata */
 static const char GR_UDMT[] = "mtlua.greenlet";
@@ -689,8 +686,7 @@ static void resume_gr(gl_ts *ts, gl_gr *x) {
   prepare_resume(ts, co);
   status = lua_resume(co, NULL, ts->nnext, &nres);
   if (status == LUA_YIELD) {
-    if (nres == 1 && is_tag(co, -1)) lua_pop(co, 1);   /* a switch */
-    else foreign_yield(ts, x, nres);
+    if (nres != 0 || x->state != GL_SUSPENDED) foreign_yield(ts, x, nres);
   } else {
     finished(ts, x, status, nres);
   }
@@ -747,9 +743,8 @@ SWITCH_PATH void pin(lua_State *L, gl_ts *ts) {
 
 SWITCH_PATH int suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFunction k) {
   if (!must_pin && lua_isyieldable(L)) {
-    ts->current->state = GL_SUSPENDED;
-    lua_pushlightuserdata(L, (void *)&GL_TAG);
-    return lua_yieldk(L, 1, ctx, k);
+    ts->current->state = GL_SUSPENDED;   /* marks the yield as a switch */
+    return lua_yieldk(L, 0, ctx, k);
   }
   pin(L, ts);
   return 0;
@@ -827,7 +822,14 @@ SWITCH_PATH int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
 }
 
 static int gr_switch(lua_State *L) {
-  gl_gr *x = gl_check(L, 1);
+  gl_ts *ts = tls_ts;   /* the cache of gl_test, inline: the hot path */
+  const void *p = lua_topointer(L, 1);
+  gl_gr *x;
+  if (ts != NULL && p != NULL && (p == ts->ck[0] || p == ts->ck[1])
+      && lua_type(L, 1) == LUA_TTABLE)
+    x = p == ts->ck[0] ? ts->cg[0] : ts->cg[1];
+  else
+    x = gl_check(L, 1);
   return do_switch(L, x, lua_gettop(L) - 1, 0);
 }
 
@@ -1145,7 +1147,8 @@ int luaopen_mt_greenlet(lua_State *L) {
 /* ------------------------------------- coroutine.resume and wrap */
 
 /* Resumes co with narg values from L's top.  A greenlet switch made
-** inside co arrives as a tagged yield: the current greenlet is switched
+** inside co arrives as a yield of nothing with the current greenlet
+** marked GL_SUSPENDED: the current greenlet is switched
 ** away (yielding L in turn, continuing in k, or pinning), and when it
 ** is switched back the values go on into co.  Returns the number of
 ** results moved to L, or -1 with the error on L's top. */
@@ -1164,10 +1167,11 @@ static int resume_values(lua_State *L, lua_State *co, int narg, lua_KFunction k)
     mt_prepare_resume(L, co);
     status = lua_resume(co, L, narg, &nres);
     mt_set_running(L);
-    if (status == LUA_YIELD && nres == 1 && is_tag(co, -1)) {
+    gl_ts *ts;
+    if (status == LUA_YIELD && nres == 0 && (ts = gl_ts_find(mt_universe_of(L))) != NULL
+        && ts->current->state == GL_SUSPENDED) {   /* a switch from inside co */
       int base = lua_gettop(L);
-      lua_pop(co, 1);
-      gl_suspend(L, gl_ts_get(L), 0, base, k);
+      gl_suspend(L, ts, 0, base, k);
       narg = lua_gettop(L) - base;
       continue;
     }

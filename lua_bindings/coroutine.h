@@ -3,7 +3,8 @@
 ** hub) share.  Private to those two files.
 **
 ** A greenlet is a Lua coroutine.  Switches between greenlets go through
-** a trampoline: the switching greenlet yields (a tagged yield), and the
+** a trampoline: the switching greenlet yields (nothing, its state set to
+** GL_SUSPENDED: a plain yield leaves it GL_RUNNING), and the
 ** trampoline resumes the target.  Where a greenlet cannot yield (it is
 ** the thread's main greenlet, or it waits inside a C function such as
 ** a Lock's acquire under monkey patching, or it switches from a C call

@@ -63,6 +63,26 @@ t.is(g1:switch("again"), "again", "switching to a dead greenlet goes to its pare
 t.raises(function() greenlet(42) end, TypeError, "callable", "greenlet(42) -> TypeError")
 local bad = greenlet(function() coroutine.yield(1) end)
 t.raises(function() bad:switch() end, Exception, "across a greenlet", "plain yield in run is refused")
+local bad0 = greenlet(function() coroutine.yield() end)
+t.raises(function() bad0:switch() end, Exception, "across a greenlet", "a plain yield of no values too")
+do   -- yields of no values inside a plain coroutine in a greenlet stay in it
+  local got = {}
+  local g0 = greenlet(function()
+    local co = coroutine.wrap(function()
+      coroutine.yield()
+      main:switch("from co")
+      coroutine.yield()
+      return "co end"
+    end)
+    got[#got + 1] = select("#", co())
+    got[#got + 1] = select("#", co())
+    got[#got + 1] = co()
+    return "g0 end"
+  end)
+  t.is(g0:switch(), "from co", "a switch between two plain yields of nothing")
+  t.is(g0:switch(), "g0 end", "the greenlet ends")
+  t.is(table.concat(got, ","), "0,0,co end", "the plain yields went to the coroutine's caller")
+end
 
 -- a plain coroutine inside a greenlet is not a switch, and a switch inside it works
 local seq = {}
