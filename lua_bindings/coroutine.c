@@ -780,7 +780,7 @@ static void check_switchable(lua_State *L, gl_ts *ts, gl_gr *x) {
 }
 
 /* Moves n values (or, throwing, the exception) from L's top to x and
-** switches to it; the base of the caller's own stack is 'base'. */
+** switches to it.  Its callers have self at index 1, the values above. */
 SWITCH_PATH int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
   gl_ts *ts = tls_ts;             /* x is of this thread: L's universe */
   if (x->ts != ts) {
@@ -800,7 +800,7 @@ SWITCH_PATH int do_switch(lua_State *L, gl_gr *x, int n, int throwing) {
     if (throwing) return lua_error(L);
     return n;
   }
-  int base = lua_gettop(L) - (throwing ? 1 : n);
+  int base = 1;   /* self: the values (or the exception) are all above */
   if (n == 0 && !throwing && x->throw_ref == LUA_NOREF) ts->nnext = 0;   /* a bare switch */
   else gl_deliver(L, x, n, throwing);
   ts->next = x;
