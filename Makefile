@@ -97,7 +97,7 @@ bench: all bench-deps
 	tests/bench/run $(BUILD)/mtlua
 
 asan:
-	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" OPT=-O1 test
+	MTLUA_SANITIZER=address $(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" OPT=-O1 test
 
 tsan:
 	MTLUA_SANITIZER=thread TSAN_OPTIONS="suppressions=$(abspath tests/tsan.supp) halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \

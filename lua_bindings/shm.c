@@ -236,6 +236,7 @@ typedef struct q_shared {
   uint64_t magic __attribute__((aligned(64)));
   uint64_t token;              /* checked when another process maps it */
   uint64_t capacity;           /* the ring's size now (it grows, shrinks) */
+  int32_t fixed;               /* its maker could not reserve room to grow */
   int64_t maxsize;             /* items; <= 0: unbounded */
   uint64_t stream_start, stream_end;
 } q_shared;
@@ -430,7 +431,7 @@ static int q_grow(q_handle *q, uint64_t need) {
   q_shared *sh = q->sh;
   uint64_t used = sh->tail - sh->head, cap = sh->capacity;
   while (cap - used < need) cap *= 2;
-  if (cap > Q_RINGMAX) return 0;
+  if (cap > Q_RINGMAX || sh->fixed) return 0;
   char *live = used > 0 ? malloc((size_t)used) : NULL;
   if (used > 0 && live == NULL) return 0;
   struct stat st;
@@ -798,13 +799,13 @@ static int q_init(lua_State *L) {
   }
   memset(&h, 0, sizeof h);
   int e = shm_segment_create(&h.seg, Q_HDRSIZE + Q_RINGSIZE, "mtlua-queue");
-  if (e == 0) {
-    h.mapped = h.seg.size;
-    e = shm_segment_reserve(&h.seg, Q_HDRSIZE + Q_RINGMAX, h.mapped);
-    if (e != 0) shm_segment_close(&h.seg);
-  }
   if (e != 0) return mt_raise(L, "OSError", "[Errno %d] Queue(): %s", e, strerror(e));
+  h.mapped = h.seg.size;
+  /* no room to reserve (a limit on the address space): a ring that
+  ** cannot grow, whose puts wait for readers once it is full */
+  int fixed = shm_segment_reserve(&h.seg, Q_HDRSIZE + Q_RINGMAX, h.mapped) != 0;
   q_shared *sh = h.sh = (q_shared *)h.seg.base;
+  sh->fixed = fixed;
   sh->token = q_new_token();
   sh->capacity = Q_RINGSIZE;
   sh->maxsize = maxsize;
@@ -857,8 +858,8 @@ static int q_rebuild(lua_State *L) {
   if (h.mapped < Q_HDRSIZE + Q_RINGSIZE || h.mapped > Q_HDRSIZE + Q_RINGMAX
       || h.mapped % 4096 != 0)
     e = EINVAL;
-  else
-    e = shm_segment_reserve(&h.seg, Q_HDRSIZE + Q_RINGMAX, h.mapped);
+  else   /* without room to reserve, it works while the ring is not grown */
+    shm_segment_reserve(&h.seg, Q_HDRSIZE + Q_RINGMAX, h.mapped);
   h.sh = (q_shared *)h.seg.base;
   if (e != 0 || h.sh->magic != Q_MAGIC || h.sh->token != token) {
     shm_segment_close(&h.seg);

@@ -493,4 +493,30 @@ do   -- stress: four writers, one slow reader, a ring growing under them
   t.is(reader.exitcode, 0, "and none damaged")
 end
 
+-- Under a limit on the address space a queue cannot reserve room to
+-- grow: it still works, its puts wait for readers once the ring is full
+-- (put_nowait: queue.Full).  (Sanitizers need more address space.)
+if not os.getenv("MTLUA_SANITIZER") then
+  local src = t.tmpname(".lua")
+  local f = assert(io.open(src, "w"))
+  f:write([[
+    local mp, queue = require "multiprocessing", require "queue"
+    local q = mp.Queue()
+    local ok, e = pcall(function() for _ = 1, 400 do q:put_nowait(string.rep("x", 1000)) end end)
+    local full, held = isinstance(e, queue.Full), q:qsize()
+    local p = mp.Process{target = function() for i = 1, 500 do q:put(i) end end}
+    p:start()
+    local n = 0
+    while n < held + 500 do q:get(true, 10); n = n + 1 end
+    p:join(10)
+    print(ok, full, held > 200, n, p.exitcode)
+  ]])
+  f:close()
+  local out = t.tmpname()
+  os.execute(("sh -c 'ulimit -v 400000; exec timeout -k 2 60 %s %s' >%s 2>&1"):format(t.mtlua, src, out))
+  local r = io.open(out):read("a")
+  os.remove(src); os.remove(out)
+  t.like(r, "^false\ttrue\ttrue\t%d+\t0\n$", "a queue that cannot grow (ulimit -v): Full, then a full round trip")
+end
+
 t.done()
