@@ -153,6 +153,15 @@ t.ok(self_join.value == false, "join of itself -> error")
 t.like(tostring(gevent.spawn(function() end)), "^<Greenlet at 0x%x+: [^(]+%(%)>$", "tostring")
 local function f(n, s) end
 t.like(tostring(gevent.spawn(f, 5, "x", {})), ": f%(5, 'x', <table>%)>$", "tostring names f and its args")
+do   -- the name is found once per function, and stays
+  local function worker() end
+  local a, b = gevent.spawn(worker, 1), gevent.Greenlet(worker, 2)
+  local alias = worker
+  local c = gevent.spawn(alias, 3)
+  t.like(tostring(a) .. tostring(b) .. tostring(c), "worker%(1%).*worker%(2%).*worker%(3%)",
+         "the same function shows the same name, whatever local it is spawned by")
+  gevent.joinall({a, c})
+end
 
 -- the hub releases the GIL: a thread keeps counting while main's hub sleeps
 local counter, stop = 0, false
