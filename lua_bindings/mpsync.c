@@ -946,11 +946,16 @@ static void access_end(lua_State *L, values_access *a) {
   if (a->lock != NULL) sem_give(L, a->lock, 1);
 }
 
-static ms_values *values_check(lua_State *L, const ms_type **t) {
-  ms_values *v = (ms_values *)ms_check(L, 1, MS_VALUES, "Value")->h;
+/* The values of a checked handle, and their type. */
+static ms_values *values_of(lua_State *L, ms_handle *hd, const ms_type **t) {
+  ms_values *v = (ms_values *)hd->h;
   *t = type_of(v->typecode);
   if (*t == NULL) mt_raise(L, "ValueError", "damaged shared value");
   return v;
+}
+
+static ms_values *values_check(lua_State *L, const ms_type **t) {
+  return values_of(L, ms_check(L, 1, MS_VALUES, "Value"), t);
 }
 
 /* The string of a 'c' array up to its first NUL (Python's .value) */
@@ -965,7 +970,7 @@ static void push_cstring(lua_State *L, ms_values *v) {
 static int values_getattr(lua_State *L) {
   const ms_type *t;
   ms_handle *hd = ms_check(L, 1, MS_VALUES, "Value");
-  ms_values *v = values_check(L, &t);
+  ms_values *v = values_of(L, hd, &t);
   values_access a;
   if (lua_isinteger(L, 2) && hd->kind == MS_ARRAY) {
     lua_Integer i = lua_tointeger(L, 2);
@@ -1029,7 +1034,7 @@ static void set_cstring(lua_State *L, ms_values *v, int raw) {
 static int values_newindex(lua_State *L) {
   const ms_type *t;
   ms_handle *hd = ms_check(L, 1, MS_VALUES, "Value");
-  ms_values *v = values_check(L, &t);
+  ms_values *v = values_of(L, hd, &t);
   char item[8];
   values_access a;
   char *p = NULL;
@@ -1100,7 +1105,7 @@ static int values_tolist(lua_State *L) {
 static int values_tostring(lua_State *L) {
   const ms_type *t;
   ms_handle *hd = ms_check(L, 1, MS_VALUES, "Value");
-  ms_values *v = values_check(L, &t);
+  ms_values *v = values_of(L, hd, &t);
   lua_pushliteral(L, "_lock");
   int locked = lua_rawget(L, 1) != LUA_TNIL;
   lua_pop(L, 1);
