@@ -761,7 +761,7 @@ int gl_suspend(lua_State *L, gl_ts *ts, int must_pin, lua_KContext ctx, lua_KFun
 static int switch_done(lua_State *L, int status, lua_KContext base) {
   (void)status;
   gl_ts *ts = tls_ts;
-  mt_universe *U = *(mt_universe **)lua_getextraspace(L);
+  mt_universe *U = mt_universe_of(L);
   if (ts == NULL || ts->U != U) ts = gl_ts_find(U);
   gl_gr *cur = ts->current;
   set_running(ts, L);

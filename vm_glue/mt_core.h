@@ -148,7 +148,11 @@ struct mt_universe {
 ** of a short loop (a racy `counter = counter + 1` must be able to race) */
 #define MT_HOOK_COUNT 997
 
-mt_universe *mt_universe_of(lua_State *L);
+/* L's universe (kept in the extra space of every Lua thread: hot paths
+** read it, so it is inline). */
+static inline mt_universe *mt_universe_of(lua_State *L) {
+  return *(mt_universe **)lua_getextraspace(L);
+}
 /* The identity that owns an RLock acquired from L. */
 void *mt_owner(lua_State *L);
 /* The calling OS thread's record in L's universe (NULL if unknown). */
@@ -316,7 +320,7 @@ void *mt_toobject(lua_State *L, int idx, const void *key);
 ** last entered (mt_universe.with_last) and of type 'key'; else NULL.
 ** Its __close finds its state here without a table lookup. */
 static inline void *mt_with_last_state(lua_State *L, int idx, const void *key) {
-  mt_universe *U = *(mt_universe **)lua_getextraspace(L);
+  mt_universe *U = mt_universe_of(L);
   if (U != NULL && U->with_last.key == key && U->with_last.inst == lua_topointer(L, idx))
     return U->with_last.state;
   return NULL;

@@ -22,10 +22,6 @@ static __thread unsigned long tls_self_uid;
 static __thread struct { unsigned long uid; mt_thread *t; } tls_records[TLS_SLOTS];
 static atomic_ulong universe_ids;   /* uid: a closed universe's address may come back */
 
-mt_universe *mt_universe_of(lua_State *L) {
-  return *(mt_universe **)lua_getextraspace(L);
-}
-
 mt_thread *mt_thread_self_in(mt_universe *U) {
   if (tls_self != NULL && tls_self_uid == U->uid) return tls_self;
   for (int i = 0; i < TLS_SLOTS; i++)
